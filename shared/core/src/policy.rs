@@ -1,0 +1,595 @@
+//! The policy document (TOML): which systems exist, what each scenario does on each of
+//! them, when, for which roles, who is exempt, and the limits that bound a run.
+//!
+//! `Policy::parse` reports every problem with the TOML key and its line.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::event::{EventKind, LifecycleEvent, TerminationType};
+use crate::plan::StageKind;
+use crate::validation::{glob_matches, is_identifier, Invalid, Problem};
+
+/// A duration written as `30d`, `12h`, `200ms` in the policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(into = "String")]
+pub struct HumanDuration(pub Duration);
+
+impl From<HumanDuration> for String {
+    fn from(value: HumanDuration) -> String {
+        crate::duration::format(value.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        crate::duration::parse(&text)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// How a connector finds the person's account on a system.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MatchBy {
+    /// `person.usernames[system]` when given, else the email.
+    #[default]
+    Username,
+    /// Always the email.
+    Email,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemConfig {
+    /// Connector kind: `scim`, `memory`, …
+    pub kind: String,
+    /// Name of the secret holding the credentials, resolved by the secret source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Connector-specific settings (base URL, dialect, …).
+    #[serde(default)]
+    pub connection: BTreeMap<String, serde_json::Value>,
+    /// Tasks in flight on this system at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    /// Requests per second the connector may start; unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_second: Option<f64>,
+    #[serde(default)]
+    pub match_by: MatchBy,
+}
+
+fn default_concurrency() -> u32 {
+    4
+}
+
+/// What one scenario does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// The stages to run, on every system unless overridden. Always executed in kill order.
+    pub stages: Vec<StageKind>,
+    /// How long after the effective time a stage may start (`delete = "30d"`).
+    #[serde(default)]
+    pub delays: BTreeMap<StageKind, HumanDuration>,
+    /// Per-system stage lists; an empty list leaves that system alone.
+    #[serde(default)]
+    pub overrides: BTreeMap<String, Override>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Override {
+    pub stages: Vec<StageKind>,
+}
+
+/// An account deprov must never touch: service and break-glass accounts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exemption {
+    /// Limit to one system; every system when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// Glob on the account's username or email (`svc-*`, `breakglass@*`).
+    pub account: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// A run that would touch more accounts than this is refused.
+    #[serde(default = "default_max_accounts")]
+    pub max_accounts_per_run: u32,
+    /// A run with more tasks than this is refused.
+    #[serde(default = "default_max_tasks")]
+    pub max_tasks_per_run: u32,
+}
+
+fn default_max_accounts() -> u32 {
+    50
+}
+fn default_max_tasks() -> u32 {
+    1000
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_accounts_per_run: default_max_accounts(),
+            max_tasks_per_run: default_max_tasks(),
+        }
+    }
+}
+
+/// Retries of throttled and transient failures: exponential backoff with full jitter,
+/// never sooner than the target's Retry-After.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_base_delay")]
+    pub base_delay: HumanDuration,
+    #[serde(default = "default_max_delay")]
+    pub max_delay: HumanDuration,
+}
+
+fn default_max_attempts() -> u32 {
+    6
+}
+fn default_base_delay() -> HumanDuration {
+    HumanDuration(Duration::from_millis(200))
+}
+fn default_max_delay() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            max_attempts: default_max_attempts(),
+            base_delay: default_base_delay(),
+            max_delay: default_max_delay(),
+        }
+    }
+}
+
+impl Retry {
+    /// The delay before attempt `attempt + 1`: full jitter over an exponential ceiling
+    /// (`jitter` in [0, 1)), at least `retry_after`.
+    pub fn backoff(&self, attempt: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(30);
+        let ceiling = self
+            .base_delay
+            .0
+            .saturating_mul(1u32 << exponent)
+            .min(self.max_delay.0);
+        let jittered = ceiling.mul_f64(jitter.clamp(0.0, 1.0));
+        match retry_after {
+            Some(after) => jittered.max(after.min(self.max_delay.0)),
+            None => jittered,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Recorded in every plan, so an auditor knows which rules applied.
+    pub version: String,
+    pub systems: BTreeMap<String, SystemConfig>,
+    #[serde(default)]
+    pub scenarios: BTreeMap<String, Scenario>,
+    /// role → system → entitlement names the role grants.
+    #[serde(default)]
+    pub roles: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    #[serde(default)]
+    pub exemptions: Vec<Exemption>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub retry: Retry,
+}
+
+/// Scenario names a policy may define.
+pub const SCENARIO_NAMES: [&str; 9] = [
+    "termination",
+    "termination_voluntary",
+    "termination_involuntary",
+    "contract_end",
+    "transfer",
+    "leave_of_absence",
+    "inactivity",
+    "orphan",
+    "manual",
+];
+
+impl Policy {
+    /// Parses and validates a policy document; every problem names its key and line.
+    pub fn parse(text: &str) -> Result<Policy, Invalid> {
+        let invalid = |problems| Invalid {
+            what: "policy".into(),
+            problems,
+        };
+        let policy: Policy = toml_edit::de::from_str(text).map_err(|err| {
+            invalid(vec![Problem {
+                path: "policy".into(),
+                line: err.span().map(|span| line_of_offset(text, span.start)),
+                message: err.message().trim().to_string(),
+            }])
+        })?;
+        let mut problems = policy.problems();
+        if problems.is_empty() {
+            return Ok(policy);
+        }
+        if let Ok(document) = text.parse::<toml_edit::ImDocument<String>>() {
+            for problem in &mut problems {
+                problem.line = line_of_key(&document, text, &problem.path);
+            }
+        }
+        Err(invalid(problems))
+    }
+
+    /// Semantic problems serde cannot see: cross references, ranges, names.
+    fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut problem = |path: String, message: String| {
+            problems.push(Problem {
+                path,
+                line: None,
+                message,
+            })
+        };
+        if !is_identifier(&self.version, 64) {
+            problem(
+                "version".into(),
+                "must be 1-64 letters, digits or . _ : @ - (e.g. \"2026-11-25.1\")".into(),
+            );
+        }
+        if self.systems.is_empty() {
+            problem("systems".into(), "define at least one system".into());
+        }
+        let known_systems = || self.systems.keys().cloned().collect::<Vec<_>>().join(", ");
+        for (name, system) in &self.systems {
+            let at = |key: &str| format!("systems.{name}.{key}");
+            if !is_identifier(name, 64) {
+                problem(
+                    format!("systems.{name}"),
+                    "system names may only contain letters, digits and . _ : @ -".into(),
+                );
+            }
+            if system.kind.trim().is_empty() {
+                problem(
+                    at("kind"),
+                    "must name a connector kind, e.g. \"scim\"".into(),
+                );
+            }
+            if !(1..=256).contains(&system.concurrency) {
+                problem(
+                    at("concurrency"),
+                    format!("is {}; use 1 to 256", system.concurrency),
+                );
+            }
+            if let Some(rate) = system.rate_limit_per_second {
+                if !(rate > 0.0 && rate <= 10_000.0) {
+                    problem(
+                        at("rate_limit_per_second"),
+                        format!("is {rate}; use a number above 0 and at most 10000"),
+                    );
+                }
+            }
+            if let Some(secret) = &system.secret {
+                let valid = !secret.is_empty()
+                    && secret.len() <= 256
+                    && secret.bytes().all(|b| {
+                        b.is_ascii_alphanumeric()
+                            || matches!(b, b'/' | b'_' | b'-' | b'.' | b'+' | b'=' | b'@')
+                    });
+                if !valid {
+                    problem(
+                        at("secret"),
+                        "must be a secret name of letters, digits and / _ - . + = @".into(),
+                    );
+                }
+            }
+        }
+        for (name, scenario) in &self.scenarios {
+            let at = |key: &str| format!("scenarios.{name}.{key}");
+            if !SCENARIO_NAMES.contains(&name.as_str()) {
+                problem(
+                    format!("scenarios.{name}"),
+                    format!(
+                        "is not a scenario; use one of: {} (rehire and cancel stop runs, they need no scenario)",
+                        SCENARIO_NAMES.join(", ")
+                    ),
+                );
+            }
+            if scenario.stages.is_empty() {
+                problem(at("stages"), "list at least one stage".into());
+            }
+            check_unique_stages(&scenario.stages, &at("stages"), &mut problem);
+            for stage in scenario.delays.keys() {
+                if !scenario.stages.contains(stage) {
+                    problem(
+                        at(&format!("delays.{}", stage.as_str())),
+                        format!(
+                            "delays stage \"{}\", which this scenario does not run",
+                            stage.as_str()
+                        ),
+                    );
+                }
+            }
+            for (system, over) in &scenario.overrides {
+                if !self.systems.contains_key(system) {
+                    problem(
+                        at(&format!("overrides.{system}")),
+                        format!(
+                            "names no system of this policy; systems are: {}",
+                            known_systems()
+                        ),
+                    );
+                }
+                check_unique_stages(
+                    &over.stages,
+                    &at(&format!("overrides.{system}.stages")),
+                    &mut problem,
+                );
+            }
+        }
+        for (role, grants) in &self.roles {
+            for system in grants.keys() {
+                if !self.systems.contains_key(system) {
+                    problem(
+                        format!("roles.{role}.{system}"),
+                        format!(
+                            "names no system of this policy; systems are: {}",
+                            known_systems()
+                        ),
+                    );
+                }
+            }
+        }
+        for (index, exemption) in self.exemptions.iter().enumerate() {
+            if let Some(system) = &exemption.system {
+                if !self.systems.contains_key(system) {
+                    problem(
+                        format!("exemptions[{index}].system"),
+                        format!(
+                            "names no system of this policy; systems are: {}",
+                            known_systems()
+                        ),
+                    );
+                }
+            }
+            if exemption.account.trim().is_empty() {
+                problem(
+                    format!("exemptions[{index}].account"),
+                    "must not be empty".into(),
+                );
+            }
+            if exemption.reason.trim().is_empty() {
+                problem(
+                    format!("exemptions[{index}].reason"),
+                    "say why this account is exempt; auditors ask".into(),
+                );
+            }
+        }
+        if self.limits.max_accounts_per_run == 0 {
+            problem(
+                "limits.max_accounts_per_run".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if self.limits.max_tasks_per_run == 0 {
+            problem(
+                "limits.max_tasks_per_run".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if !(1..=50).contains(&self.retry.max_attempts) {
+            problem(
+                "retry.max_attempts".into(),
+                format!("is {}; use 1 to 50", self.retry.max_attempts),
+            );
+        }
+        if self.retry.base_delay > self.retry.max_delay {
+            problem(
+                "retry.base_delay".into(),
+                "is longer than retry.max_delay".into(),
+            );
+        }
+        problems
+    }
+
+    /// The scenario an event runs, and its name. A termination uses
+    /// `termination_<type>` when the policy defines it, else `termination`.
+    pub fn scenario_for(&self, event: &LifecycleEvent) -> Option<(&str, &Scenario)> {
+        let specific = match (event.kind, event.termination_type) {
+            (EventKind::Termination, Some(TerminationType::Voluntary)) => {
+                Some("termination_voluntary")
+            }
+            (EventKind::Termination, Some(TerminationType::Involuntary)) => {
+                Some("termination_involuntary")
+            }
+            _ => None,
+        };
+        specific
+            .and_then(|name| self.scenarios.get_key_value(name))
+            .or_else(|| self.scenarios.get_key_value(event.kind.as_str()))
+            .map(|(name, scenario)| (name.as_str(), scenario))
+    }
+
+    /// The exemption covering an account, if any.
+    pub fn exemption_for(
+        &self,
+        system: &str,
+        username: &str,
+        email: Option<&str>,
+    ) -> Option<&Exemption> {
+        self.exemptions.iter().find(|exemption| {
+            exemption
+                .system
+                .as_deref()
+                .is_none_or(|only| only == system)
+                && (glob_matches(&exemption.account, username)
+                    || email.is_some_and(|email| glob_matches(&exemption.account, email)))
+        })
+    }
+
+    /// The entitlement names `roles` grant on `system`.
+    pub fn entitlements_of(&self, roles: &[String], system: &str) -> Vec<String> {
+        let mut names: Vec<String> = roles
+            .iter()
+            .filter_map(|role| self.roles.get(role))
+            .filter_map(|grants| grants.get(system))
+            .flatten()
+            .cloned()
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+fn check_unique_stages(stages: &[StageKind], path: &str, problem: &mut impl FnMut(String, String)) {
+    let mut seen = Vec::new();
+    for stage in stages {
+        if seen.contains(stage) {
+            problem(
+                path.to_string(),
+                format!("lists \"{}\" twice", stage.as_str()),
+            );
+        }
+        seen.push(*stage);
+    }
+}
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The line of a dotted key path (`systems.crm.concurrency`, `exemptions[0].reason`).
+fn line_of_key(document: &toml_edit::ImDocument<String>, text: &str, path: &str) -> Option<usize> {
+    let mut container: Option<&dyn toml_edit::TableLike> = Some(document.as_table());
+    let mut span = None;
+    for segment in path.split('.') {
+        let (key, index) = match segment.split_once('[') {
+            Some((key, rest)) => (key, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        let Some((found_key, found)) = container.and_then(|table| table.get_key_value(key)) else {
+            break;
+        };
+        span = found.span().or_else(|| found_key.span()).or(span);
+        container = match index {
+            Some(index) => {
+                let element = found
+                    .as_array_of_tables()
+                    .and_then(|tables| tables.get(index));
+                span = element.and_then(toml_edit::Table::span).or(span);
+                element.map(|table| table as &dyn toml_edit::TableLike)
+            }
+            None => found.as_table_like(),
+        };
+    }
+    span.map(|span| line_of_offset(text, span.start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const SAMPLE: &str = r#"
+version = "2026-11-25.1"
+
+[systems.crm]
+kind = "scim"
+secret = "deprov/connector/crm"
+concurrency = 8
+connection = { base_url = "http://127.0.0.1:9000/scim/v2" }
+
+[scenarios.termination]
+stages = ["sessions", "disable", "entitlements", "delete"]
+delays = { delete = "30d" }
+
+[roles.engineer]
+crm = ["engineering"]
+
+[[exemptions]]
+account = "svc-*"
+reason = "service accounts"
+"#;
+
+    #[test]
+    fn a_valid_policy_parses() {
+        let policy = Policy::parse(SAMPLE).unwrap_or_else(|err| panic!("{err}"));
+        let scenario = &policy.scenarios["termination"];
+        assert_eq!(scenario.delays[&StageKind::Delete].0.as_secs(), 30 * 86_400);
+        assert_eq!(policy.systems["crm"].concurrency, 8);
+        assert!(policy.exemption_for("crm", "SVC-backup", None).is_some());
+        assert_eq!(
+            policy.entitlements_of(&["engineer".into()], "crm"),
+            ["engineering"]
+        );
+    }
+
+    #[test]
+    fn a_misspelt_key_names_its_line() {
+        let text = SAMPLE.replace("concurrency = 8", "concurency = 8");
+        let err = Policy::parse(&text).unwrap_err();
+        assert_eq!(err.problems[0].line, Some(7), "{err}");
+        assert!(err.problems[0].message.contains("concurency"), "{err}");
+    }
+
+    #[test]
+    fn semantic_problems_name_key_and_line() {
+        let text = SAMPLE
+            .replace("concurrency = 8", "concurrency = 0")
+            .replace("crm = [\"engineering\"]", "wiki = [\"engineering\"]")
+            .replace("reason = \"service accounts\"", "reason = \"\"");
+        let err = Policy::parse(&text).unwrap_err();
+        let rendered = err.to_string();
+        assert!(
+            rendered.contains("line 7, systems.crm.concurrency: is 0"),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains("line 15, roles.engineer.wiki"),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains("line 19, exemptions[0].reason"),
+            "{rendered}"
+        );
+    }
+
+    #[test]
+    fn bad_durations_and_stages_are_reported() {
+        let err = Policy::parse(&SAMPLE.replace("\"30d\"", "\"a month\"")).unwrap_err();
+        assert!(err.to_string().contains("not a duration"), "{err}");
+        let err = Policy::parse(&SAMPLE.replace("\"sessions\",", "\"session\",")).unwrap_err();
+        assert!(err.to_string().contains("session"), "{err}");
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_honours_retry_after() {
+        let retry = Retry::default();
+        assert_eq!(retry.backoff(1, None, 1.0), Duration::from_millis(200));
+        assert_eq!(retry.backoff(3, None, 1.0), Duration::from_millis(800));
+        assert_eq!(retry.backoff(40, None, 1.0), Duration::from_secs(60));
+        assert_eq!(
+            retry.backoff(1, Some(Duration::from_secs(5)), 0.0),
+            Duration::from_secs(5)
+        );
+    }
+}

@@ -1,0 +1,243 @@
+//! The ports: what the orchestration logic needs from storage, queues, secrets and time.
+//! DynamoDB/SQS/Secrets Manager implement them on AWS, SQLite and in-process structures
+//! locally, in-memory fakes (feature `testing`) in unit tests.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{AuditEntry, AuditRecord, ChainHead};
+use crate::plan::{Plan, Task};
+use crate::task::TaskOutcome;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage failed: {0}")]
+    Backend(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("run {0} does not exist")]
+    UnknownRun(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Stages are being executed.
+    Running,
+    /// The next stage waits for its `not_before`.
+    Waiting,
+    /// Every task verified.
+    Completed,
+    /// Finished, with tasks or systems someone must look at.
+    Escalated,
+    /// Stopped by a rehire or cancel before its pending stages ran.
+    Cancelled,
+    /// Refused by the planner (blast radius, no scenario); nothing ran.
+    Refused,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Waiting => "waiting",
+            RunStatus::Completed => "completed",
+            RunStatus::Escalated => "escalated",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Refused => "refused",
+        }
+    }
+
+    pub fn is_finished(self) -> bool {
+        !matches!(self, RunStatus::Running | RunStatus::Waiting)
+    }
+}
+
+/// A run as stored (`RUN#<run_id>`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub person_id: String,
+    pub status: RunStatus,
+    pub plan: Plan,
+    /// Index into `plan.stages` of the first stage not yet finished.
+    pub next_stage: usize,
+    /// When a waiting run's next stage becomes due.
+    pub wake_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What claiming an event found (`EVENT#<source>#<event_id>`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventClaim {
+    /// First delivery: the caller owns the run.
+    New,
+    /// Seen before: this is the run it started.
+    Existing(String),
+}
+
+/// The state of a task before a worker touches it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TaskStart {
+    /// Never started: apply it.
+    Fresh,
+    /// Started before and not finished (a crash, a lost message): read the target back
+    /// before applying again.
+    Interrupted { attempts: u32 },
+    /// Already finished: nothing to do.
+    Finished(Box<TaskOutcome>),
+}
+
+#[async_trait]
+pub trait RunStore: Send + Sync {
+    /// Records that `(source, event_id)` starts `run_id`, unless it already started one.
+    async fn claim_event(
+        &self,
+        source: &str,
+        event_id: &str,
+        run_id: &str,
+    ) -> Result<EventClaim, StoreError>;
+    async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError>;
+    async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError>;
+    /// Runs that have work now: running ones (interrupted) and waiting ones whose time came.
+    async fn due_runs(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError>;
+    /// Unfinished runs about a person (for rehire and cancel).
+    async fn open_runs_for(&self, person_id: &str) -> Result<Vec<RunRecord>, StoreError>;
+    /// Marks a task started (counting the attempt) and says what state it was in.
+    async fn start_task(&self, task: &Task) -> Result<TaskStart, StoreError>;
+    /// Records a task's completion if it is the first; returns the completion that won.
+    async fn complete_task(&self, outcome: &TaskOutcome) -> Result<TaskOutcome, StoreError>;
+    async fn task_outcomes(&self, run_id: &str) -> Result<Vec<TaskOutcome>, StoreError>;
+}
+
+#[async_trait]
+pub trait AuditLog: Send + Sync {
+    /// Appends an entry to its run's chain. Idempotent by `(run_id, key)`: a second append
+    /// of the same key returns the first record unchanged.
+    async fn append(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError>;
+    /// A run's records in seq order.
+    async fn records(&self, run_id: &str) -> Result<Vec<AuditRecord>, StoreError>;
+    /// The run's head as stored beside the chain.
+    async fn head(&self, run_id: &str) -> Result<Option<ChainHead>, StoreError>;
+    /// Every run with audit records.
+    async fn run_ids(&self) -> Result<Vec<String>, StoreError>;
+    /// Everything recorded about one person, across runs.
+    async fn by_subject(&self, subject: &str) -> Result<Vec<AuditRecord>, StoreError>;
+}
+
+/// The message a worker receives for one task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskMessage {
+    pub task: Task,
+    /// Opaque handle the worker reports the result with (a Step Functions task token on
+    /// AWS); absent locally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_token: Option<String>,
+}
+
+/// A message handed to a consumer, invisible to others until acked or its visibility ends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Delivery {
+    pub receipt: String,
+    pub message: TaskMessage,
+    /// 1 on first delivery.
+    pub receive_count: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue failed: {0}")]
+    Backend(String),
+    #[error("receipt {0} is unknown or expired")]
+    UnknownReceipt(String),
+}
+
+#[async_trait]
+pub trait TaskQueue: Send + Sync {
+    async fn send(&self, message: TaskMessage, delay: Duration) -> Result<(), QueueError>;
+    /// Up to `max` messages, waiting at most `wait` for the first.
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError>;
+    /// Done with a message: delete it.
+    async fn ack(&self, receipt: &str) -> Result<(), QueueError>;
+    /// Give a message back, visible again after `delay`.
+    async fn release(&self, receipt: &str, delay: Duration) -> Result<(), QueueError>;
+}
+
+/// A secret's fields. Debug never shows values.
+#[derive(Clone, PartialEq, Eq, Default, Deserialize)]
+pub struct Secret {
+    name: String,
+    fields: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("name", &self.name)
+            .field("fields", &self.fields.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Secret {
+    pub fn new(name: impl Into<String>, fields: BTreeMap<String, String>) -> Secret {
+        Secret {
+            name: name.into(),
+            fields,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A field's value; the error names the secret and the field, never a value.
+    pub fn field(&self, field: &str) -> Result<&str, SecretError> {
+        self.fields
+            .get(field)
+            .map(String::as_str)
+            .ok_or_else(|| SecretError::MissingField {
+                name: self.name.clone(),
+                field: field.to_string(),
+            })
+    }
+
+    /// Every value, so callers can make sure none leaks into output.
+    pub fn values(&self) -> impl Iterator<Item = &str> {
+        self.fields.values().map(String::as_str)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("secret \"{0}\" was not found")]
+    NotFound(String),
+    #[error("secret \"{name}\" has no field \"{field}\"")]
+    MissingField { name: String, field: String },
+    #[error("secret \"{name}\" could not be read: {reason}")]
+    Unreadable { name: String, reason: String },
+}
+
+#[async_trait]
+pub trait SecretSource: Send + Sync {
+    async fn secret(&self, name: &str) -> Result<Secret, SecretError>;
+}
+
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The wall clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
