@@ -1,1 +1,41 @@
-pub fn _x() {}
+//! deprov-connectors: one module per target system, each behind the core `Connector`
+//! trait. `build` turns a policy's system entry into a connector.
+
+use std::sync::Arc;
+
+use deprov_core::policy::SystemConfig;
+use deprov_core::ports::SecretSource;
+use deprov_core::{Connector, ConnectorError};
+
+pub mod memory;
+pub mod scim;
+
+/// The connector kinds a policy may name.
+pub const KINDS: &[&str] = &["scim"];
+
+/// Builds the connector of one policy system. Secrets are resolved lazily, at first use.
+pub fn build(
+    system: &str,
+    config: &SystemConfig,
+    secrets: Arc<dyn SecretSource>,
+) -> Result<Arc<dyn Connector>, ConnectorError> {
+    match config.kind.as_str() {
+        "scim" => Ok(Arc::new(scim::ScimConnector::from_config(system, config, secrets)?)),
+        other => Err(unknown_kind(system, other)),
+    }
+}
+
+/// Problems with a system's connection settings, for `deprov policy check`.
+pub fn check(system: &str, config: &SystemConfig) -> Vec<String> {
+    match config.kind.as_str() {
+        "scim" => scim::ScimConnector::check_config(system, config),
+        other => vec![unknown_kind(system, other).to_string()],
+    }
+}
+
+fn unknown_kind(system: &str, kind: &str) -> ConnectorError {
+    ConnectorError::InvalidConfig(format!(
+        "systems.{system}.kind = \"{kind}\" is not a connector kind; known kinds: {}",
+        KINDS.join(", ")
+    ))
+}

@@ -16,6 +16,7 @@ pub mod policy;
 pub mod ports;
 pub mod task;
 pub mod validation;
+pub mod worker;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

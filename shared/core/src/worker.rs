@@ -1,0 +1,251 @@
+//! One attempt at one task: the logic every worker runs, in Lambda or in process.
+//! apply → verify, with recovery: a task that was started before and never finished is read
+//! back first, so a crash between apply and record never applies it twice.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+
+use crate::audit::{AuditEntry, AuditKind};
+use crate::connector::{Connector, ConnectorError};
+use crate::error::ErrorKind;
+use crate::plan::Task;
+use crate::ports::{AuditLog, RunStore, StoreError, TaskStart};
+use crate::task::{TaskError, TaskOutcome, TaskStatus};
+
+/// What one attempt came to.
+#[derive(Debug)]
+pub enum Attempt {
+    /// The task is finished (verified, escalated or already recorded earlier).
+    Finished(Box<TaskOutcome>),
+    /// A throttled or transient failure: try again later.
+    Retry {
+        attempts: u32,
+        error: TaskError,
+        retry_after: Option<Duration>,
+    },
+}
+
+fn finished(task: &Task, status: TaskStatus, attempts: u32) -> TaskOutcome {
+    TaskOutcome {
+        task: task.clone(),
+        status,
+        change: None,
+        evidence: None,
+        error: None,
+        attempts,
+        finished_at: Utc::now(),
+    }
+}
+
+fn failure(task: &Task, attempts: u32, error: ConnectorError, during: &str) -> Attempt {
+    let task_error = TaskError {
+        kind: error.kind(),
+        message: format!("{during}: {error}"),
+    };
+    if error.kind().is_retryable() {
+        return Attempt::Retry {
+            attempts,
+            retry_after: error.retry_after(),
+            error: task_error,
+        };
+    }
+    let mut outcome = finished(task, TaskStatus::Escalated, attempts);
+    outcome.error = Some(task_error);
+    Attempt::Finished(Box::new(outcome))
+}
+
+/// Runs one attempt of `task` against its connector.
+pub async fn attempt(connector: &dyn Connector, store: &dyn RunStore, task: &Task) -> Result<Attempt, StoreError> {
+    let attempts = match store.start_task(task).await? {
+        TaskStart::Finished(outcome) => return Ok(Attempt::Finished(outcome)),
+        TaskStart::Fresh => 1,
+        TaskStart::Interrupted { attempts } => {
+            // An earlier attempt may have applied the change and died before recording it:
+            // if the target already shows the wanted state, that is the proof.
+            if let Ok(evidence) = connector.verify(task).await {
+                if evidence.verified {
+                    let mut outcome = finished(task, TaskStatus::Verified, attempts + 1);
+                    outcome.evidence = Some(evidence);
+                    return Ok(Attempt::Finished(Box::new(outcome)));
+                }
+            }
+            attempts + 1
+        }
+    };
+    let change = match connector.apply(task).await {
+        Ok(change) => change,
+        Err(error) => return Ok(failure(task, attempts, error, "apply")),
+    };
+    let evidence = match connector.verify(task).await {
+        Ok(evidence) => evidence,
+        Err(error) => return Ok(failure(task, attempts, error, "verify")),
+    };
+    let mut outcome = if evidence.verified {
+        finished(task, TaskStatus::Verified, attempts)
+    } else {
+        let mut outcome = finished(task, TaskStatus::Escalated, attempts);
+        outcome.error = Some(TaskError {
+            kind: ErrorKind::Unverified,
+            message: "the target, read back after the change, does not show it".into(),
+        });
+        outcome
+    };
+    outcome.change = Some(change);
+    outcome.evidence = Some(evidence);
+    Ok(Attempt::Finished(Box::new(outcome)))
+}
+
+/// The outcome of a task that ran out of attempts.
+pub fn gave_up(task: &Task, attempts: u32, last: TaskError) -> TaskOutcome {
+    let mut outcome = finished(task, TaskStatus::Escalated, attempts);
+    outcome.error = Some(TaskError {
+        kind: last.kind,
+        message: format!("gave up after {attempts} attempts; last error: {}", last.message),
+    });
+    outcome
+}
+
+/// The outcome of a task stopped before it ran.
+pub fn cancelled(task: &Task, why: &str) -> TaskOutcome {
+    let mut outcome = finished(task, TaskStatus::Cancelled, 0);
+    outcome.error = Some(TaskError {
+        kind: ErrorKind::Permanent,
+        message: why.to_string(),
+    });
+    outcome
+}
+
+/// Records a completion (first one wins) and its audit record; returns the winner.
+/// Safe to call again after a crash: both writes are idempotent.
+pub async fn record(store: &dyn RunStore, audit: &dyn AuditLog, outcome: &TaskOutcome) -> Result<TaskOutcome, StoreError> {
+    let winner = store.complete_task(outcome).await?;
+    audit.append(audit_entry(&winner)).await?;
+    Ok(winner)
+}
+
+/// The audit entry of a task completion.
+pub fn audit_entry(outcome: &TaskOutcome) -> AuditEntry {
+    let task = &outcome.task;
+    AuditEntry {
+        run_id: task.run_id.clone(),
+        key: format!("task:{}", task.task_id),
+        kind: AuditKind::TaskCompleted,
+        subject: task.person_id.clone(),
+        system: Some(task.system.clone()),
+        task_id: Some(task.task_id.clone()),
+        detail: json!({
+            "action": task.action,
+            "account": task.account,
+            "target": task.target,
+            "status": outcome.status,
+            "change": outcome.change,
+            "evidence": outcome.evidence,
+            "error": outcome.error,
+            "attempts": outcome.attempts,
+            "finished_at": outcome.finished_at,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{sample_event, MemoryStore};
+    use crate::connector::{Account, Applied, Evidence, PersonQuery};
+    use crate::plan::{AccountRef, Action, StageKind};
+    use async_trait::async_trait;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Counts applies; the account's state is a flag.
+    #[derive(Default)]
+    struct Flag {
+        disabled: std::sync::atomic::AtomicBool,
+        applies: AtomicU32,
+        fail_apply: Option<ConnectorError>,
+        lie: bool,
+    }
+
+    #[async_trait]
+    impl Connector for Flag {
+        fn supports(&self) -> &[StageKind] {
+            &[StageKind::Disable]
+        }
+        async fn discover(&self, _: &PersonQuery) -> Result<Vec<Account>, ConnectorError> {
+            Ok(vec![])
+        }
+        async fn apply(&self, _: &Task) -> Result<Applied, ConnectorError> {
+            if let Some(error) = &self.fail_apply {
+                return Err(error.clone());
+            }
+            self.applies.fetch_add(1, Ordering::SeqCst);
+            Ok(if self.disabled.swap(true, Ordering::SeqCst) { Applied::AlreadyDone } else { Applied::Changed })
+        }
+        async fn verify(&self, _: &Task) -> Result<Evidence, ConnectorError> {
+            let disabled = self.disabled.load(Ordering::SeqCst) && !self.lie;
+            Ok(Evidence { verified: disabled, observed: json!({"active": !disabled}) })
+        }
+    }
+
+    fn task() -> Task {
+        let event = sample_event();
+        Task {
+            task_id: "t-1".into(),
+            run_id: crate::ids::run_id(&event.source, &event.event_id),
+            system: "crm".into(),
+            action: Action::Disable,
+            account: AccountRef { id: "42".into(), username: "ada".into() },
+            target: None,
+            person_id: "E1001".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn applies_then_verifies_and_records_once() {
+        let store = MemoryStore::default();
+        let connector = Flag::default();
+        let Ok(Attempt::Finished(outcome)) = attempt(&connector, &store, &task()).await else { panic!("not finished") };
+        assert_eq!(outcome.status, TaskStatus::Verified);
+        assert_eq!(outcome.change, Some(Applied::Changed));
+        let first = record(&store, &store, &outcome).await.unwrap_or_else(|e| panic!("{e}"));
+        let again = record(&store, &store, &outcome).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(first, again);
+        assert_eq!(store.records(&task().run_id).await.map(|r| r.len()).unwrap_or(0), 1);
+        // Finished tasks are not applied again.
+        let Ok(Attempt::Finished(_)) = attempt(&connector, &store, &task()).await else { panic!() };
+        assert_eq!(connector.applies.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_task_is_read_back_before_applying() {
+        let store = MemoryStore::default();
+        let connector = Flag::default();
+        // First attempt started and died after the change reached the target.
+        let _ = store.start_task(&task()).await;
+        connector.disabled.store(true, Ordering::SeqCst);
+        let Ok(Attempt::Finished(outcome)) = attempt(&connector, &store, &task()).await else { panic!() };
+        assert_eq!(outcome.status, TaskStatus::Verified);
+        assert_eq!(connector.applies.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn failures_retry_or_escalate_by_kind_and_lies_are_caught() {
+        let store = MemoryStore::default();
+        let throttled = Flag { fail_apply: Some(ConnectorError::Throttled { retry_after: Some(Duration::from_secs(3)), message: "429".into() }), ..Flag::default() };
+        let Ok(Attempt::Retry { retry_after, error, .. }) = attempt(&throttled, &store, &task()).await else { panic!() };
+        assert_eq!(retry_after, Some(Duration::from_secs(3)));
+        assert_eq!(error.kind, ErrorKind::Throttled);
+
+        let store = MemoryStore::default();
+        let refused = Flag { fail_apply: Some(ConnectorError::Permanent("HTTP 400".into())), ..Flag::default() };
+        let Ok(Attempt::Finished(outcome)) = attempt(&refused, &store, &task()).await else { panic!() };
+        assert_eq!(outcome.status, TaskStatus::Escalated);
+
+        let store = MemoryStore::default();
+        let liar = Flag { lie: true, ..Flag::default() };
+        let Ok(Attempt::Finished(outcome)) = attempt(&liar, &store, &task()).await else { panic!() };
+        assert_eq!(outcome.status, TaskStatus::Escalated);
+        assert_eq!(outcome.error.map(|e| e.kind), Some(ErrorKind::Unverified));
+    }
+}
