@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use deprov_core::plan::{Action, StageKind, Task};
-use deprov_core::{Account, Applied, Connector, ConnectorError, Entitlement, Evidence, PersonQuery};
+use deprov_core::{
+    Account, Applied, Connector, ConnectorError, Entitlement, Evidence, PersonQuery,
+};
 use serde_json::json;
 
 #[derive(Clone, Debug)]
@@ -56,7 +58,14 @@ impl MemoryDirectory {
     }
 
     /// Adds an active account with live sessions and the given groups.
-    pub fn add_account(&self, system: &str, id: &str, username: &str, email: &str, groups: &[&str]) {
+    pub fn add_account(
+        &self,
+        system: &str,
+        id: &str,
+        username: &str,
+        email: &str,
+        groups: &[&str],
+    ) {
         let account = Account {
             system: system.to_string(),
             id: id.to_string(),
@@ -75,7 +84,9 @@ impl MemoryDirectory {
             last_activity: None,
         };
         if let Ok(mut state) = self.state() {
-            state.by_name.insert(username.to_lowercase(), id.to_string());
+            state
+                .by_name
+                .insert(username.to_lowercase(), id.to_string());
             state.by_name.insert(email.to_lowercase(), id.to_string());
             state.entries.insert(
                 id.to_string(),
@@ -120,11 +131,24 @@ impl MemoryDirectory {
             .map(|entry| entry.account.clone())
     }
 
-    fn take_fault(state: &mut State, username: &str, action: Action) -> Option<Fault> {
-        state
-            .faults
-            .get_mut(&(username.to_string(), action))
-            .and_then(VecDeque::pop_front)
+    /// Takes the next fault queued for this call, if it is meant for `apply` (`for_apply`)
+    /// or for `verify`.
+    fn take_fault(
+        state: &mut State,
+        username: &str,
+        action: Action,
+        for_apply: bool,
+    ) -> Option<Fault> {
+        let queue = state.faults.get_mut(&(username.to_string(), action))?;
+        let matches = match queue.front()? {
+            Fault::Apply(_) => for_apply,
+            Fault::Unverified => !for_apply,
+        };
+        if matches {
+            queue.pop_front()
+        } else {
+            None
+        }
     }
 }
 
@@ -174,7 +198,7 @@ impl Connector for MemoryConnector {
         self.directory.calls.fetch_add(1, Ordering::Relaxed);
         let mut state = self.directory.state()?;
         if let Some(Fault::Apply(error)) =
-            MemoryDirectory::take_fault(&mut state, &task.account.username, task.action)
+            MemoryDirectory::take_fault(&mut state, &task.account.username, task.action, true)
         {
             return Err(error);
         }
@@ -217,7 +241,7 @@ impl Connector for MemoryConnector {
         self.directory.calls.fetch_add(1, Ordering::Relaxed);
         let mut state = self.directory.state()?;
         if let Some(Fault::Unverified) =
-            MemoryDirectory::take_fault(&mut state, &task.account.username, task.action)
+            MemoryDirectory::take_fault(&mut state, &task.account.username, task.action, false)
         {
             return Ok(Evidence {
                 verified: false,
@@ -233,7 +257,10 @@ impl Connector for MemoryConnector {
         let target = task.target.as_ref().map(|t| t.id.as_str()).unwrap_or("");
         let (verified, observed) = match task.action {
             Action::RevokeSessions => (entry.sessions == 0, json!({"sessions": entry.sessions})),
-            Action::Disable => (!entry.account.active, json!({"active": entry.account.active})),
+            Action::Disable => (
+                !entry.account.active,
+                json!({"active": entry.account.active}),
+            ),
             Action::RemoveEntitlement => {
                 let held = entry.account.entitlements.iter().any(|e| e.id == target);
                 (!held, json!({"member_of": target, "member": held}))

@@ -57,7 +57,11 @@ fn failure(task: &Task, attempts: u32, error: ConnectorError, during: &str) -> A
 }
 
 /// Runs one attempt of `task` against its connector.
-pub async fn attempt(connector: &dyn Connector, store: &dyn RunStore, task: &Task) -> Result<Attempt, StoreError> {
+pub async fn attempt(
+    connector: &dyn Connector,
+    store: &dyn RunStore,
+    task: &Task,
+) -> Result<Attempt, StoreError> {
     let attempts = match store.start_task(task).await? {
         TaskStart::Finished(outcome) => return Ok(Attempt::Finished(outcome)),
         TaskStart::Fresh => 1,
@@ -102,7 +106,10 @@ pub fn gave_up(task: &Task, attempts: u32, last: TaskError) -> TaskOutcome {
     let mut outcome = finished(task, TaskStatus::Escalated, attempts);
     outcome.error = Some(TaskError {
         kind: last.kind,
-        message: format!("gave up after {attempts} attempts; last error: {}", last.message),
+        message: format!(
+            "gave up after {attempts} attempts; last error: {}",
+            last.message
+        ),
     });
     outcome
 }
@@ -119,7 +126,11 @@ pub fn cancelled(task: &Task, why: &str) -> TaskOutcome {
 
 /// Records a completion (first one wins) and its audit record; returns the winner.
 /// Safe to call again after a crash: both writes are idempotent.
-pub async fn record(store: &dyn RunStore, audit: &dyn AuditLog, outcome: &TaskOutcome) -> Result<TaskOutcome, StoreError> {
+pub async fn record(
+    store: &dyn RunStore,
+    audit: &dyn AuditLog,
+    outcome: &TaskOutcome,
+) -> Result<TaskOutcome, StoreError> {
     let winner = store.complete_task(outcome).await?;
     audit.append(audit_entry(&winner)).await?;
     Ok(winner)
@@ -152,9 +163,9 @@ pub fn audit_entry(outcome: &TaskOutcome) -> AuditEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{sample_event, MemoryStore};
     use crate::connector::{Account, Applied, Evidence, PersonQuery};
     use crate::plan::{AccountRef, Action, StageKind};
+    use crate::testing::{sample_event, MemoryStore};
     use async_trait::async_trait;
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -180,11 +191,18 @@ mod tests {
                 return Err(error.clone());
             }
             self.applies.fetch_add(1, Ordering::SeqCst);
-            Ok(if self.disabled.swap(true, Ordering::SeqCst) { Applied::AlreadyDone } else { Applied::Changed })
+            Ok(if self.disabled.swap(true, Ordering::SeqCst) {
+                Applied::AlreadyDone
+            } else {
+                Applied::Changed
+            })
         }
         async fn verify(&self, _: &Task) -> Result<Evidence, ConnectorError> {
             let disabled = self.disabled.load(Ordering::SeqCst) && !self.lie;
-            Ok(Evidence { verified: disabled, observed: json!({"active": !disabled}) })
+            Ok(Evidence {
+                verified: disabled,
+                observed: json!({"active": !disabled}),
+            })
         }
     }
 
@@ -195,7 +213,10 @@ mod tests {
             run_id: crate::ids::run_id(&event.source, &event.event_id),
             system: "crm".into(),
             action: Action::Disable,
-            account: AccountRef { id: "42".into(), username: "ada".into() },
+            account: AccountRef {
+                id: "42".into(),
+                username: "ada".into(),
+            },
             target: None,
             person_id: "E1001".into(),
         }
@@ -205,15 +226,30 @@ mod tests {
     async fn applies_then_verifies_and_records_once() {
         let store = MemoryStore::default();
         let connector = Flag::default();
-        let Ok(Attempt::Finished(outcome)) = attempt(&connector, &store, &task()).await else { panic!("not finished") };
+        let Ok(Attempt::Finished(outcome)) = attempt(&connector, &store, &task()).await else {
+            panic!("not finished")
+        };
         assert_eq!(outcome.status, TaskStatus::Verified);
         assert_eq!(outcome.change, Some(Applied::Changed));
-        let first = record(&store, &store, &outcome).await.unwrap_or_else(|e| panic!("{e}"));
-        let again = record(&store, &store, &outcome).await.unwrap_or_else(|e| panic!("{e}"));
+        let first = record(&store, &store, &outcome)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let again = record(&store, &store, &outcome)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(first, again);
-        assert_eq!(store.records(&task().run_id).await.map(|r| r.len()).unwrap_or(0), 1);
+        assert_eq!(
+            store
+                .records(&task().run_id)
+                .await
+                .map(|r| r.len())
+                .unwrap_or(0),
+            1
+        );
         // Finished tasks are not applied again.
-        let Ok(Attempt::Finished(_)) = attempt(&connector, &store, &task()).await else { panic!() };
+        let Ok(Attempt::Finished(_)) = attempt(&connector, &store, &task()).await else {
+            panic!()
+        };
         assert_eq!(connector.applies.load(Ordering::SeqCst), 1);
     }
 
@@ -224,7 +260,9 @@ mod tests {
         // First attempt started and died after the change reached the target.
         let _ = store.start_task(&task()).await;
         connector.disabled.store(true, Ordering::SeqCst);
-        let Ok(Attempt::Finished(outcome)) = attempt(&connector, &store, &task()).await else { panic!() };
+        let Ok(Attempt::Finished(outcome)) = attempt(&connector, &store, &task()).await else {
+            panic!()
+        };
         assert_eq!(outcome.status, TaskStatus::Verified);
         assert_eq!(connector.applies.load(Ordering::SeqCst), 0);
     }
@@ -232,19 +270,40 @@ mod tests {
     #[tokio::test]
     async fn failures_retry_or_escalate_by_kind_and_lies_are_caught() {
         let store = MemoryStore::default();
-        let throttled = Flag { fail_apply: Some(ConnectorError::Throttled { retry_after: Some(Duration::from_secs(3)), message: "429".into() }), ..Flag::default() };
-        let Ok(Attempt::Retry { retry_after, error, .. }) = attempt(&throttled, &store, &task()).await else { panic!() };
+        let throttled = Flag {
+            fail_apply: Some(ConnectorError::Throttled {
+                retry_after: Some(Duration::from_secs(3)),
+                message: "429".into(),
+            }),
+            ..Flag::default()
+        };
+        let Ok(Attempt::Retry {
+            retry_after, error, ..
+        }) = attempt(&throttled, &store, &task()).await
+        else {
+            panic!()
+        };
         assert_eq!(retry_after, Some(Duration::from_secs(3)));
         assert_eq!(error.kind, ErrorKind::Throttled);
 
         let store = MemoryStore::default();
-        let refused = Flag { fail_apply: Some(ConnectorError::Permanent("HTTP 400".into())), ..Flag::default() };
-        let Ok(Attempt::Finished(outcome)) = attempt(&refused, &store, &task()).await else { panic!() };
+        let refused = Flag {
+            fail_apply: Some(ConnectorError::Permanent("HTTP 400".into())),
+            ..Flag::default()
+        };
+        let Ok(Attempt::Finished(outcome)) = attempt(&refused, &store, &task()).await else {
+            panic!()
+        };
         assert_eq!(outcome.status, TaskStatus::Escalated);
 
         let store = MemoryStore::default();
-        let liar = Flag { lie: true, ..Flag::default() };
-        let Ok(Attempt::Finished(outcome)) = attempt(&liar, &store, &task()).await else { panic!() };
+        let liar = Flag {
+            lie: true,
+            ..Flag::default()
+        };
+        let Ok(Attempt::Finished(outcome)) = attempt(&liar, &store, &task()).await else {
+            panic!()
+        };
         assert_eq!(outcome.status, TaskStatus::Escalated);
         assert_eq!(outcome.error.map(|e| e.kind), Some(ErrorKind::Unverified));
     }

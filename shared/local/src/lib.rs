@@ -1,1 +1,13 @@
-pub fn _x() {}
+//! deprov-local: the embedded runtime. The same planner, connectors and audit chain as on
+//! AWS, with a SQLite file for runs and audit, in-process queues with SQS semantics, worker
+//! pools and an orchestrator that follows the state machine.
+
+pub mod engine;
+pub mod queue;
+pub mod secrets;
+pub mod store;
+
+pub use engine::{Engine, EngineError, EngineOptions, Progress, RunReport};
+pub use queue::LocalQueue;
+pub use secrets::LocalSecrets;
+pub use store::SqliteStore;

@@ -1,0 +1,797 @@
+//! The in-process orchestrator: the state machine's semantics in one process. Stages run in
+//! kill order, a stage's tasks in parallel through per-system queues and worker pools
+//! (per-system concurrency and rate limit), throttled and transient failures retried with
+//! backoff and jitter, anything unproven escalated, delayed stages persisted and resumed
+//! when due, and rehire/cancel stopping pending stages.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deprov_core::audit::{AuditEntry, AuditKind};
+use deprov_core::ids;
+use deprov_core::plan::{build_plan, systems_in_scope, Discovery, Plan, PlanError, Stage};
+use deprov_core::policy::{MatchBy, Policy};
+use deprov_core::ports::{
+    AuditLog, Clock, EventClaim, RunRecord, RunStatus, RunStore, StoreError, TaskMessage, TaskQueue,
+};
+use deprov_core::task::{StageRecord, TaskError, TaskOutcome, TaskStatus};
+use deprov_core::worker::{self, Attempt};
+use deprov_core::{Connector, ErrorKind, LifecycleEvent, PersonQuery};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::queue::LocalQueue;
+
+/// What the engine tells an observer (the CLI's progress display) as a run advances.
+#[derive(Clone, Debug)]
+pub enum Progress {
+    Planned(Box<Plan>),
+    StageStarted { run_id: String, stage: Stage },
+    TaskFinished(Box<TaskOutcome>),
+    StageFinished(StageRecord),
+    StageDeferred { run_id: String, stage: Stage },
+    RunFinished { run_id: String, status: RunStatus },
+}
+
+/// Where a run stands after the engine is done with it for now.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub run_id: String,
+    pub status: RunStatus,
+    /// The event had been received before; this is the run it started.
+    pub duplicate: bool,
+    pub plan: Option<Plan>,
+    /// Every recorded task outcome of the run so far.
+    pub outcomes: Vec<TaskOutcome>,
+    /// Why the planner refused the run.
+    pub refused: Option<String>,
+    /// When the next stage is due, for a waiting run.
+    pub wake_at: Option<DateTime<Utc>>,
+    /// Runs a rehire or cancel stopped.
+    pub stopped_runs: Vec<String>,
+}
+
+impl RunReport {
+    /// Verified tasks whose target was already in the wanted state.
+    pub fn unchanged(&self) -> usize {
+        self.outcomes
+            .iter()
+            .filter(|o| {
+                o.status == TaskStatus::Verified
+                    && o.change == Some(deprov_core::Applied::AlreadyDone)
+            })
+            .count()
+    }
+
+    pub fn count(&self, status: TaskStatus) -> usize {
+        self.outcomes.iter().filter(|o| o.status == status).count()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("system \"{0}\" has no connector")]
+    NoConnector(String),
+}
+
+/// Tuning of the in-process runtime.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// How long a worker may hold a task before it is handed to another.
+    pub visibility_timeout: Duration,
+    /// How long one discovery call may take.
+    pub discovery_timeout: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            visibility_timeout: Duration::from_secs(300),
+            discovery_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Spaces out calls to one system so it sees at most `rate` task starts per second.
+struct RateLimiter {
+    interval: Duration,
+    next: tokio::sync::Mutex<Instant>,
+}
+
+impl RateLimiter {
+    fn new(rate_per_second: f64) -> RateLimiter {
+        RateLimiter {
+            interval: Duration::from_secs_f64(1.0 / rate_per_second),
+            next: tokio::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    async fn acquire(&self) {
+        let at = {
+            let mut next = self.next.lock().await;
+            let at = (*next).max(Instant::now());
+            *next = at + self.interval;
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+struct Inner {
+    policy: Policy,
+    connectors: BTreeMap<String, Arc<dyn Connector>>,
+    store: Arc<dyn RunStore>,
+    audit: Arc<dyn AuditLog>,
+    clock: Arc<dyn Clock>,
+    options: EngineOptions,
+    queues: BTreeMap<String, Arc<LocalQueue>>,
+    /// task_id → whoever awaits its outcome.
+    waiters: Mutex<HashMap<String, oneshot::Sender<TaskOutcome>>>,
+    progress: Option<mpsc::UnboundedSender<Progress>>,
+}
+
+/// The running orchestrator and its worker pools.
+pub struct Engine {
+    inner: Arc<Inner>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Starts the worker pools: one queue per system, `concurrency` workers on each.
+    pub fn start(
+        policy: Policy,
+        connectors: BTreeMap<String, Arc<dyn Connector>>,
+        store: Arc<dyn RunStore>,
+        audit: Arc<dyn AuditLog>,
+        clock: Arc<dyn Clock>,
+        options: EngineOptions,
+        progress: Option<mpsc::UnboundedSender<Progress>>,
+    ) -> Engine {
+        // Retries are released back with a delay, so deliveries exceed attempts; the margin
+        // covers redeliveries after a worker stalled past its visibility timeout.
+        let max_receives = policy.retry.max_attempts + 3;
+        let mut queues = BTreeMap::new();
+        let mut dead_receivers = Vec::new();
+        for system in connectors.keys() {
+            let (queue, dead) = LocalQueue::new(options.visibility_timeout, max_receives);
+            queues.insert(system.clone(), Arc::new(queue));
+            dead_receivers.push((system.clone(), dead));
+        }
+        let inner = Arc::new(Inner {
+            policy,
+            connectors,
+            store,
+            audit,
+            clock,
+            options,
+            queues,
+            waiters: Mutex::new(HashMap::new()),
+            progress,
+        });
+        let mut workers = Vec::new();
+        for (system, mut dead) in dead_receivers {
+            let config = inner.policy.systems.get(&system);
+            let concurrency = config.map_or(1, |c| c.concurrency.max(1));
+            let limiter = Arc::new(
+                config
+                    .and_then(|c| c.rate_limit_per_second)
+                    .map(RateLimiter::new),
+            );
+            for _ in 0..concurrency {
+                let inner = Arc::clone(&inner);
+                let system = system.clone();
+                let limiter = Arc::clone(&limiter);
+                workers.push(tokio::spawn(async move {
+                    inner.work(&system, limiter.as_ref().as_ref()).await;
+                }));
+            }
+            let inner_for_dead = Arc::clone(&inner);
+            workers.push(tokio::spawn(async move {
+                while let Some(message) = dead.recv().await {
+                    inner_for_dead.dead_lettered(message).await;
+                }
+            }));
+        }
+        Engine { inner, workers }
+    }
+
+    /// Stops the worker pools. Work in flight is abandoned mid-attempt exactly as a crash
+    /// would abandon it, and is recovered the same way on the next start.
+    pub fn shutdown(self) {
+        for worker in self.workers {
+            worker.abort();
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    /// Discovers the person on every system in scope (read-only).
+    pub async fn discover(&self, event: &LifecycleEvent) -> Result<Vec<Discovery>, EngineError> {
+        self.inner.discover(event).await
+    }
+
+    /// Discovers and plans without changing or recording anything.
+    pub async fn plan(&self, event: &LifecycleEvent) -> Result<Plan, EngineError> {
+        let discoveries = self.inner.discover(event).await?;
+        Ok(build_plan(event, &self.inner.policy, &discoveries)?)
+    }
+
+    /// Takes an event: a new one is planned and run, a duplicate resumes the run it started,
+    /// a rehire or cancel stops the person's pending runs.
+    pub async fn submit(&self, event: &LifecycleEvent) -> Result<RunReport, EngineError> {
+        let inner = &self.inner;
+        let run_id = ids::run_id(&event.source, &event.event_id);
+        let claim = inner
+            .store
+            .claim_event(&event.source, &event.event_id, &run_id)
+            .await?;
+        if let EventClaim::Existing(existing) = &claim {
+            if inner.store.get_run(existing).await?.is_some() {
+                let mut report = inner.drive(existing).await?;
+                report.duplicate = true;
+                return Ok(report);
+            }
+        }
+        if event.kind.stops_pending_runs() {
+            return inner.stop_runs(event, &run_id).await;
+        }
+        let discoveries = inner.discover(event).await?;
+        let plan = match build_plan(event, &inner.policy, &discoveries) {
+            Ok(plan) => plan,
+            Err(refusal) => {
+                inner
+                    .audit
+                    .append(AuditEntry {
+                        run_id: run_id.clone(),
+                        key: "plan:refused".into(),
+                        kind: AuditKind::PlanRefused,
+                        subject: event.person.id.clone(),
+                        system: None,
+                        task_id: None,
+                        detail: json!({"event": event, "reason": refusal.to_string(), "policy_version": inner.policy.version}),
+                    })
+                    .await?;
+                return Ok(RunReport {
+                    run_id,
+                    status: RunStatus::Refused,
+                    duplicate: matches!(claim, EventClaim::Existing(_)),
+                    plan: None,
+                    outcomes: Vec::new(),
+                    refused: Some(refusal.to_string()),
+                    wake_at: None,
+                    stopped_runs: Vec::new(),
+                });
+            }
+        };
+        inner
+            .audit
+            .append(AuditEntry {
+                run_id: run_id.clone(),
+                key: "plan".into(),
+                kind: AuditKind::PlanRecorded,
+                subject: event.person.id.clone(),
+                system: None,
+                task_id: None,
+                detail: serde_json::to_value(&plan).unwrap_or_default(),
+            })
+            .await?;
+        let now = inner.clock.now();
+        inner
+            .store
+            .put_run(&RunRecord {
+                run_id: run_id.clone(),
+                person_id: event.person.id.clone(),
+                status: RunStatus::Running,
+                plan: plan.clone(),
+                next_stage: 0,
+                wake_at: None,
+                created_at: now,
+                updated_at: now,
+            })
+            .await?;
+        inner.emit(Progress::Planned(Box::new(plan)));
+        inner.drive(&run_id).await
+    }
+
+    /// Continues one run as far as it can go now.
+    pub async fn drive(&self, run_id: &str) -> Result<RunReport, EngineError> {
+        self.inner.drive(run_id).await
+    }
+
+    /// Continues every run that has work now: interrupted ones and delayed stages that
+    /// became due.
+    pub async fn resume_due(&self) -> Result<Vec<RunReport>, EngineError> {
+        let due = self.inner.store.due_runs(self.inner.clock.now()).await?;
+        let mut reports = Vec::new();
+        for run_id in due {
+            reports.push(self.inner.drive(&run_id).await?);
+        }
+        Ok(reports)
+    }
+}
+
+impl Inner {
+    fn emit(&self, progress: Progress) {
+        if let Some(sender) = &self.progress {
+            let _ = sender.send(progress);
+        }
+    }
+
+    async fn discover(&self, event: &LifecycleEvent) -> Result<Vec<Discovery>, EngineError> {
+        let scope = systems_in_scope(event, &self.policy)?;
+        let mut searches = tokio::task::JoinSet::new();
+        for system in scope {
+            let connector = self.connectors.get(system).cloned();
+            let match_by = self
+                .policy
+                .systems
+                .get(system)
+                .map(|c| c.match_by)
+                .unwrap_or_default();
+            let query = PersonQuery {
+                person_id: event.person.id.clone(),
+                email: event.person.email.clone(),
+                username: match match_by {
+                    MatchBy::Username => event.username_for(system).map(str::to_string),
+                    MatchBy::Email => None,
+                },
+            };
+            let system = system.to_string();
+            let retry = self.policy.retry.clone();
+            let timeout = self.options.discovery_timeout;
+            searches.spawn(async move {
+                let Some(connector) = connector else {
+                    return Discovery {
+                        system: system.clone(),
+                        supports: Vec::new(),
+                        result: Err(format!("system \"{system}\" has no connector")),
+                    };
+                };
+                let mut attempt = 0;
+                let result = loop {
+                    attempt += 1;
+                    let found =
+                        match tokio::time::timeout(timeout, connector.discover(&query)).await {
+                            Ok(found) => found,
+                            Err(_) => Err(deprov_core::ConnectorError::Transient(format!(
+                                "discovery timed out after {}s",
+                                timeout.as_secs()
+                            ))),
+                        };
+                    match found {
+                        Err(error)
+                            if error.kind().is_retryable() && attempt < retry.max_attempts =>
+                        {
+                            tokio::time::sleep(retry.backoff(
+                                attempt,
+                                error.retry_after(),
+                                fastrand::f64(),
+                            ))
+                            .await;
+                        }
+                        other => break other.map_err(|error| error.to_string()),
+                    }
+                };
+                Discovery {
+                    system,
+                    supports: connector.supports().to_vec(),
+                    result,
+                }
+            });
+        }
+        let mut discoveries = Vec::new();
+        while let Some(joined) = searches.join_next().await {
+            if let Ok(discovery) = joined {
+                discoveries.push(discovery);
+            }
+        }
+        Ok(discoveries)
+    }
+
+    async fn drive(&self, run_id: &str) -> Result<RunReport, EngineError> {
+        let mut run = self
+            .store
+            .get_run(run_id)
+            .await?
+            .ok_or_else(|| StoreError::UnknownRun(run_id.to_string()))?;
+        while !run.status.is_finished() {
+            let Some(stage) = run.plan.stages.get(run.next_stage).cloned() else {
+                self.finish(&mut run).await?;
+                break;
+            };
+            let now = self.clock.now();
+            if stage.not_before > now {
+                let wake_at = stage.not_before.with_timezone(&Utc);
+                if run.status != RunStatus::Waiting || run.wake_at != Some(wake_at) {
+                    self.audit
+                        .append(self.entry(&run, format!("stage:{}:deferred", stage.stage.as_str()), AuditKind::StageDeferred, json!({"stage": stage.stage, "not_before": stage.not_before, "tasks": stage.tasks.len()})))
+                        .await?;
+                    run.status = RunStatus::Waiting;
+                    run.wake_at = Some(wake_at);
+                    run.updated_at = now;
+                    self.store.put_run(&run).await?;
+                }
+                self.emit(Progress::StageDeferred {
+                    run_id: run.run_id.clone(),
+                    stage,
+                });
+                break;
+            }
+            if run.status != RunStatus::Running {
+                run.status = RunStatus::Running;
+                run.wake_at = None;
+                run.updated_at = now;
+                self.store.put_run(&run).await?;
+            }
+            self.emit(Progress::StageStarted {
+                run_id: run.run_id.clone(),
+                stage: stage.clone(),
+            });
+            let outcomes = self.run_stage(&stage).await?;
+            let record = StageRecord::tally(
+                &run.run_id,
+                stage.stage,
+                &outcomes.iter().collect::<Vec<_>>(),
+            );
+            self.audit
+                .append(self.entry(
+                    &run,
+                    format!("stage:{}", stage.stage.as_str()),
+                    AuditKind::StageCompleted,
+                    serde_json::to_value(&record).unwrap_or_default(),
+                ))
+                .await?;
+            self.emit(Progress::StageFinished(record));
+            // A rehire or cancel may have stopped the run while this stage ran.
+            if let Some(latest) = self.store.get_run(&run.run_id).await? {
+                if latest.status == RunStatus::Cancelled {
+                    run = latest;
+                    break;
+                }
+            }
+            run.next_stage += 1;
+            run.updated_at = self.clock.now();
+            self.store.put_run(&run).await?;
+        }
+        let outcomes = self.store.task_outcomes(&run.run_id).await?;
+        Ok(RunReport {
+            run_id: run.run_id.clone(),
+            status: run.status,
+            duplicate: false,
+            wake_at: run.wake_at.filter(|_| run.status == RunStatus::Waiting),
+            plan: Some(run.plan),
+            outcomes,
+            refused: None,
+            stopped_runs: Vec::new(),
+        })
+    }
+
+    fn entry(
+        &self,
+        run: &RunRecord,
+        key: String,
+        kind: AuditKind,
+        detail: serde_json::Value,
+    ) -> AuditEntry {
+        AuditEntry {
+            run_id: run.run_id.clone(),
+            key,
+            kind,
+            subject: run.person_id.clone(),
+            system: None,
+            task_id: None,
+            detail,
+        }
+    }
+
+    /// Sends the stage's unfinished tasks to their systems' queues and waits for every
+    /// outcome.
+    async fn run_stage(&self, stage: &Stage) -> Result<Vec<TaskOutcome>, EngineError> {
+        let run_id = stage
+            .tasks
+            .first()
+            .map(|t| t.run_id.clone())
+            .unwrap_or_default();
+        let finished: HashMap<String, TaskOutcome> = self
+            .store
+            .task_outcomes(&run_id)
+            .await?
+            .into_iter()
+            .map(|outcome| (outcome.task.task_id.clone(), outcome))
+            .collect();
+        let mut outcomes = Vec::with_capacity(stage.tasks.len());
+        let mut pending = Vec::new();
+        for task in &stage.tasks {
+            if let Some(outcome) = finished.get(&task.task_id) {
+                // Completed before a restart: make sure its audit record exists too.
+                outcomes
+                    .push(worker::record(self.store.as_ref(), self.audit.as_ref(), outcome).await?);
+                continue;
+            }
+            let Some(queue) = self.queues.get(&task.system) else {
+                let outcome = worker::gave_up(
+                    task,
+                    0,
+                    TaskError {
+                        kind: ErrorKind::InvalidInput,
+                        message: format!("system \"{}\" has no connector", task.system),
+                    },
+                );
+                outcomes.push(
+                    worker::record(self.store.as_ref(), self.audit.as_ref(), &outcome).await?,
+                );
+                continue;
+            };
+            let (sender, receiver) = oneshot::channel();
+            self.lock_waiters().insert(task.task_id.clone(), sender);
+            let message = TaskMessage {
+                task: task.clone(),
+                task_token: None,
+            };
+            if let Err(err) = queue.send(message, Duration::ZERO).await {
+                self.lock_waiters().remove(&task.task_id);
+                return Err(StoreError::Backend(err.to_string()).into());
+            }
+            pending.push((task.clone(), receiver));
+        }
+        for (task, receiver) in pending {
+            match receiver.await {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(_) => {
+                    // The worker pool stopped; what is recorded is what counts.
+                    let recorded = self.store.task_outcomes(&task.run_id).await?;
+                    match recorded
+                        .into_iter()
+                        .find(|o| o.task.task_id == task.task_id)
+                    {
+                        Some(outcome) => outcomes.push(outcome),
+                        None => {
+                            return Err(StoreError::Backend(format!(
+                                "the worker pool stopped before task {} finished",
+                                task.task_id
+                            ))
+                            .into())
+                        }
+                    }
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    fn lock_waiters(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<TaskOutcome>>> {
+        self.waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn deliver(&self, outcome: TaskOutcome) {
+        self.emit(Progress::TaskFinished(Box::new(outcome.clone())));
+        if let Some(waiter) = self.lock_waiters().remove(&outcome.task.task_id) {
+            let _ = waiter.send(outcome);
+        }
+    }
+
+    /// One worker of one system: receive, attempt, record or retry.
+    async fn work(&self, system: &str, limiter: Option<&RateLimiter>) {
+        let (Some(queue), Some(connector)) = (self.queues.get(system), self.connectors.get(system))
+        else {
+            return;
+        };
+        // Leave the attempt time to give up before the message becomes visible to others.
+        let attempt_timeout = self.options.visibility_timeout.mul_f64(0.9);
+        loop {
+            let deliveries = match queue.receive(1, Duration::from_secs(5)).await {
+                Ok(deliveries) => deliveries,
+                Err(err) => {
+                    tracing::error!(system, error = %err, "queue receive failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            for delivery in deliveries {
+                let task = &delivery.message.task;
+                let span = tracing::info_span!("task", run_id = %task.run_id, task_id = %task.task_id, system);
+                let _guard = span.enter();
+                if let Some(limiter) = limiter {
+                    limiter.acquire().await;
+                }
+                let attempted = tokio::time::timeout(
+                    attempt_timeout,
+                    worker::attempt(connector.as_ref(), self.store.as_ref(), task),
+                )
+                .await;
+                let result = match attempted {
+                    Ok(result) => result,
+                    Err(_) => Ok(Attempt::Retry {
+                        attempts: delivery.receive_count,
+                        error: TaskError {
+                            kind: ErrorKind::Transient,
+                            message: format!(
+                                "attempt timed out after {}s",
+                                attempt_timeout.as_secs()
+                            ),
+                        },
+                        retry_after: None,
+                    }),
+                };
+                let outcome = match result {
+                    Ok(Attempt::Finished(outcome)) => *outcome,
+                    Ok(Attempt::Retry {
+                        attempts,
+                        error,
+                        retry_after,
+                    }) if attempts < self.policy.retry.max_attempts => {
+                        let delay =
+                            self.policy
+                                .retry
+                                .backoff(attempts, retry_after, fastrand::f64());
+                        tracing::info!(attempts, delay_ms = delay.as_millis() as u64, error = %error.message, "retrying");
+                        let _ = queue.release(&delivery.receipt, delay).await;
+                        continue;
+                    }
+                    Ok(Attempt::Retry {
+                        attempts, error, ..
+                    }) => worker::gave_up(task, attempts, error),
+                    Err(err) => {
+                        tracing::error!(error = %err, "cannot reach the store; the task will be retried");
+                        let _ = queue
+                            .release(&delivery.receipt, Duration::from_secs(1))
+                            .await;
+                        continue;
+                    }
+                };
+                match worker::record(self.store.as_ref(), self.audit.as_ref(), &outcome).await {
+                    Ok(winner) => {
+                        let _ = queue.ack(&delivery.receipt).await;
+                        self.deliver(winner);
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "cannot record the outcome; the task will be retried");
+                        let _ = queue
+                            .release(&delivery.receipt, Duration::from_secs(1))
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn dead_lettered(&self, message: TaskMessage) {
+        let outcome = worker::gave_up(
+            &message.task,
+            self.policy.retry.max_attempts,
+            TaskError {
+                kind: ErrorKind::Transient,
+                message: "dead-lettered: the task was delivered too many times without an outcome"
+                    .into(),
+            },
+        );
+        match worker::record(self.store.as_ref(), self.audit.as_ref(), &outcome).await {
+            Ok(winner) => self.deliver(winner),
+            Err(err) => {
+                tracing::error!(task_id = %message.task.task_id, error = %err, "cannot record a dead-lettered task")
+            }
+        }
+    }
+
+    /// Closes a run: completed only if every task verified and every system was reachable.
+    async fn finish(&self, run: &mut RunRecord) -> Result<(), EngineError> {
+        let outcomes = self.store.task_outcomes(&run.run_id).await?;
+        let escalations: Vec<_> = outcomes
+            .iter()
+            .filter(|o| o.status != TaskStatus::Verified)
+            .map(|o| json!({"task_id": o.task.task_id, "system": o.task.system, "action": o.task.action, "account": o.task.account.username, "status": o.status, "error": o.error}))
+            .collect();
+        let status = if escalations.is_empty() && run.plan.unreachable.is_empty() {
+            RunStatus::Completed
+        } else {
+            RunStatus::Escalated
+        };
+        let verified = outcomes
+            .iter()
+            .filter(|o| o.status == TaskStatus::Verified)
+            .count();
+        self.audit
+            .append(self.entry(
+                run,
+                "run:finished".into(),
+                AuditKind::RunFinished,
+                json!({"status": status, "tasks": run.plan.task_count(), "verified": verified, "escalations": escalations, "unreachable": run.plan.unreachable}),
+            ))
+            .await?;
+        run.status = status;
+        run.wake_at = None;
+        run.updated_at = self.clock.now();
+        self.store.put_run(run).await?;
+        self.emit(Progress::RunFinished {
+            run_id: run.run_id.clone(),
+            status,
+        });
+        Ok(())
+    }
+
+    /// Rehire or cancel: every pending stage of the person's open runs is cancelled before
+    /// anything more (above all anything destructive) happens.
+    async fn stop_runs(
+        &self,
+        event: &LifecycleEvent,
+        own_run_id: &str,
+    ) -> Result<RunReport, EngineError> {
+        let open = self.store.open_runs_for(&event.person.id).await?;
+        let mut stopped = Vec::new();
+        for mut run in open {
+            // A running stage finishes; everything after it is cancelled.
+            let first_pending = match run.status {
+                RunStatus::Running => run.next_stage + 1,
+                _ => run.next_stage,
+            };
+            let why = format!(
+                "cancelled by {} event {} from {}",
+                event.kind.as_str(),
+                event.event_id,
+                event.source
+            );
+            for stage in run.plan.stages.iter().skip(first_pending) {
+                for task in &stage.tasks {
+                    worker::record(
+                        self.store.as_ref(),
+                        self.audit.as_ref(),
+                        &worker::cancelled(task, &why),
+                    )
+                    .await?;
+                }
+            }
+            self.audit
+                .append(self.entry(
+                    &run,
+                    "run:cancelled".into(),
+                    AuditKind::RunCancelled,
+                    json!({"by_run": own_run_id, "event": event, "reason": why}),
+                ))
+                .await?;
+            run.status = RunStatus::Cancelled;
+            run.wake_at = None;
+            run.updated_at = self.clock.now();
+            self.store.put_run(&run).await?;
+            self.emit(Progress::RunFinished {
+                run_id: run.run_id.clone(),
+                status: RunStatus::Cancelled,
+            });
+            stopped.push(run.run_id.clone());
+        }
+        self.audit
+            .append(AuditEntry {
+                run_id: own_run_id.to_string(),
+                key: "run:finished".into(),
+                kind: AuditKind::RunFinished,
+                subject: event.person.id.clone(),
+                system: None,
+                task_id: None,
+                detail: json!({"event": event, "stopped_runs": stopped}),
+            })
+            .await?;
+        Ok(RunReport {
+            run_id: own_run_id.to_string(),
+            status: RunStatus::Completed,
+            duplicate: false,
+            plan: None,
+            outcomes: Vec::new(),
+            refused: None,
+            wake_at: None,
+            stopped_runs: stopped,
+        })
+    }
+}

@@ -1,0 +1,617 @@
+//! The SQLite file behind `RunStore` and `AuditLog`: runs, tasks, event dedupe and the audit
+//! chain in one file, written by one thread that commits queued writes in groups (group
+//! commit), so many concurrent tasks cost few fsyncs while every acknowledged write is
+//! durable (WAL, `synchronous = FULL`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use deprov_core::audit::{AuditEntry, AuditRecord, ChainHead};
+use deprov_core::plan::Task;
+use deprov_core::ports::{AuditLog, EventClaim, RunRecord, RunStore, StoreError, TaskStart};
+use deprov_core::task::TaskOutcome;
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use tokio::sync::oneshot;
+
+/// Most writes committed in one transaction.
+const MAX_GROUP: usize = 512;
+/// Chain heads kept in memory before the cache is dropped and re-read on demand.
+const MAX_CACHED_HEADS: usize = 100_000;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS events (
+    source TEXT NOT NULL, event_id TEXT NOT NULL, run_id TEXT NOT NULL, received_at TEXT NOT NULL,
+    PRIMARY KEY (source, event_id));
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, person_id TEXT NOT NULL, status TEXT NOT NULL,
+    wake_at TEXT, record TEXT NOT NULL, updated_at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS runs_by_person ON runs (person_id);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, wake_at);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, attempts INTEGER NOT NULL,
+    outcome TEXT, completed_at TEXT);
+CREATE INDEX IF NOT EXISTS tasks_by_run ON tasks (run_id);
+CREATE TABLE IF NOT EXISTS audit (
+    run_id TEXT NOT NULL, seq INTEGER NOT NULL, key TEXT NOT NULL, subject TEXT NOT NULL,
+    record TEXT NOT NULL, PRIMARY KEY (run_id, seq), UNIQUE (run_id, key));
+CREATE INDEX IF NOT EXISTS audit_by_subject ON audit (subject);
+CREATE TABLE IF NOT EXISTS audit_heads (
+    run_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, hash TEXT NOT NULL);
+"#;
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Command {
+    ClaimEvent(String, String, String, Reply<EventClaim>),
+    PutRun(Box<RunRecord>, Reply<()>),
+    GetRun(String, Reply<Option<RunRecord>>),
+    DueRuns(DateTime<Utc>, Reply<Vec<String>>),
+    OpenRunsFor(String, Reply<Vec<RunRecord>>),
+    StartTask(String, String, Reply<TaskStart>),
+    CompleteTask(Box<TaskOutcome>, Reply<TaskOutcome>),
+    TaskOutcomes(String, Reply<Vec<TaskOutcome>>),
+    Append(Box<AuditEntry>, Reply<AuditRecord>),
+    Records(String, Reply<Vec<AuditRecord>>),
+    Head(String, Reply<Option<ChainHead>>),
+    RunIds(Reply<Vec<String>>),
+    BySubject(String, Reply<Vec<AuditRecord>>),
+}
+
+/// Handle to the store; cheap to clone, all clones share the writer thread.
+#[derive(Clone)]
+pub struct SqliteStore {
+    path: PathBuf,
+    commands: mpsc::Sender<Command>,
+}
+
+fn backend(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(err.to_string())
+}
+
+fn corrupt(what: &str, err: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {err}"))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and starts its writer thread.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|err| backend(format!("cannot create {}: {err}", parent.display())))?;
+        }
+        let connection = Connection::open(path)
+            .map_err(|err| backend(format!("cannot open {}: {err}", path.display())))?;
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
+            )
+            .and_then(|()| connection.execute_batch(SCHEMA))
+            .map_err(|err| backend(format!("cannot prepare {}: {err}", path.display())))?;
+        let (commands, receiver) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("deprov-sqlite".into())
+            .spawn(move || Writer::new(connection).serve(receiver))
+            .map_err(backend)?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            commands,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .map_err(|_| backend("the SQLite writer thread has stopped"))?;
+        answer
+            .await
+            .map_err(|_| backend("the SQLite writer thread dropped a request"))?
+    }
+}
+
+struct Writer {
+    connection: Connection,
+    /// Chain heads of recently appended runs, so appends need no read.
+    heads: HashMap<String, ChainHead>,
+}
+
+impl Writer {
+    fn new(connection: Connection) -> Writer {
+        Writer {
+            connection,
+            heads: HashMap::new(),
+        }
+    }
+
+    fn serve(mut self, receiver: mpsc::Receiver<Command>) {
+        while let Ok(first) = receiver.recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match receiver.try_recv() {
+                    Ok(next) => group.push(next),
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(group);
+        }
+    }
+
+    /// Runs a group of commands in one transaction and answers them after the commit.
+    fn commit_group(&mut self, group: Vec<Command>) {
+        let mut answers: Vec<Box<dyn FnOnce(Option<&str>)>> = Vec::with_capacity(group.len());
+        let result = (|| -> rusqlite::Result<()> {
+            let transaction = self.connection.transaction()?;
+            for command in group {
+                answers.push(execute(&transaction, &mut self.heads, command));
+            }
+            transaction.commit()
+        })();
+        let failure = result.err().map(|err| err.to_string());
+        if failure.is_some() || self.heads.len() > MAX_CACHED_HEADS {
+            // Nothing of a failed group is stored: forget heads it advanced (they are read
+            // back from `audit_heads` on demand). Also bounds the cache.
+            self.heads.clear();
+        }
+        for answer in answers {
+            answer(failure.as_deref());
+        }
+    }
+}
+
+/// Executes one command inside the group's transaction (in a savepoint, so one failing
+/// command does not undo the others) and returns how to answer it once the group is
+/// committed (or failed).
+fn execute(
+    transaction: &Transaction<'_>,
+    heads: &mut HashMap<String, ChainHead>,
+    command: Command,
+) -> Box<dyn FnOnce(Option<&str>)> {
+    fn answer<T: Send + 'static>(
+        reply: Reply<T>,
+        result: Result<T, StoreError>,
+    ) -> Box<dyn FnOnce(Option<&str>)> {
+        Box::new(move |failure: Option<&str>| {
+            let result = match failure {
+                Some(err) => Err(backend(format!("commit failed: {err}"))),
+                None => result,
+            };
+            let _ = reply.send(result);
+        })
+    }
+    fn guarded<T>(
+        transaction: &Transaction<'_>,
+        body: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        transaction
+            .execute_batch("SAVEPOINT command")
+            .map_err(backend)?;
+        let result = body(transaction);
+        let end = if result.is_ok() {
+            "RELEASE command"
+        } else {
+            "ROLLBACK TO command; RELEASE command"
+        };
+        transaction.execute_batch(end).map_err(backend)?;
+        result
+    }
+    match command {
+        Command::ClaimEvent(source, event_id, run_id, reply) => answer(
+            reply,
+            guarded(transaction, |tx| {
+                claim_event(tx, &source, &event_id, &run_id)
+            }),
+        ),
+        Command::PutRun(run, reply) => answer(reply, guarded(transaction, |tx| put_run(tx, &run))),
+        Command::GetRun(run_id, reply) => answer(reply, get_run(transaction, &run_id)),
+        Command::DueRuns(now, reply) => answer(reply, due_runs(transaction, now)),
+        Command::OpenRunsFor(person_id, reply) => {
+            answer(reply, open_runs_for(transaction, &person_id))
+        }
+        Command::StartTask(task_id, run_id, reply) => answer(
+            reply,
+            guarded(transaction, |tx| start_task(tx, &task_id, &run_id)),
+        ),
+        Command::CompleteTask(outcome, reply) => answer(
+            reply,
+            guarded(transaction, |tx| complete_task(tx, &outcome)),
+        ),
+        Command::TaskOutcomes(run_id, reply) => answer(reply, task_outcomes(transaction, &run_id)),
+        Command::Append(entry, reply) => {
+            let run_id = entry.run_id.clone();
+            let before = heads.get(&run_id).cloned();
+            let result = guarded(transaction, |tx| append(tx, heads, *entry));
+            if result.is_err() {
+                // The savepoint rolled the row back; the cached head must follow.
+                match before {
+                    Some(head) => heads.insert(run_id, head),
+                    None => heads.remove(&run_id),
+                };
+            }
+            answer(reply, result)
+        }
+        Command::Records(run_id, reply) => answer(reply, records(transaction, &run_id)),
+        Command::Head(run_id, reply) => answer(reply, head(transaction, &run_id)),
+        Command::RunIds(reply) => answer(reply, run_ids(transaction)),
+        Command::BySubject(subject, reply) => answer(reply, by_subject(transaction, &subject)),
+    }
+}
+
+fn claim_event(
+    tx: &Transaction<'_>,
+    source: &str,
+    event_id: &str,
+    run_id: &str,
+) -> Result<EventClaim, StoreError> {
+    let existing: Option<String> = tx
+        .query_row(
+            "SELECT run_id FROM events WHERE source = ?1 AND event_id = ?2",
+            params![source, event_id],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(backend)?;
+    if let Some(existing) = existing {
+        return Ok(EventClaim::Existing(existing));
+    }
+    tx.execute(
+        "INSERT INTO events (source, event_id, run_id, received_at) VALUES (?1, ?2, ?3, ?4)",
+        params![source, event_id, run_id, Utc::now().to_rfc3339()],
+    )
+    .map_err(backend)?;
+    Ok(EventClaim::New)
+}
+
+fn put_run(tx: &Transaction<'_>, run: &RunRecord) -> Result<(), StoreError> {
+    let record = serde_json::to_string(run).map_err(backend)?;
+    tx.execute(
+        "INSERT INTO runs (run_id, person_id, status, wake_at, record, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, wake_at = excluded.wake_at,
+             record = excluded.record, updated_at = excluded.updated_at",
+        params![
+            run.run_id,
+            run.person_id,
+            run.status.as_str(),
+            run.wake_at.map(|at| at.to_rfc3339()),
+            record,
+            run.updated_at.to_rfc3339()
+        ],
+    )
+    .map_err(backend)?;
+    Ok(())
+}
+
+fn parse_run(text: String) -> Result<RunRecord, StoreError> {
+    serde_json::from_str(&text).map_err(|err| corrupt("run record", err))
+}
+
+fn get_run(tx: &Transaction<'_>, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+    tx.query_row(
+        "SELECT record FROM runs WHERE run_id = ?1",
+        params![run_id],
+        |row| row.get::<_, String>(0),
+    )
+    .optional()
+    .map_err(backend)?
+    .map(parse_run)
+    .transpose()
+}
+
+fn due_runs(tx: &Transaction<'_>, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
+    let mut statement = tx
+        .prepare_cached(
+            "SELECT run_id, status, wake_at FROM runs WHERE status IN ('running', 'waiting') ORDER BY run_id",
+        )
+        .map_err(backend)?;
+    let rows = statement
+        .query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, Option<String>>(2)?,
+            ))
+        })
+        .map_err(backend)?;
+    let mut due = Vec::new();
+    for row in rows {
+        let (run_id, status, wake_at) = row.map_err(backend)?;
+        let wake_at = wake_at
+            .map(|at| DateTime::parse_from_rfc3339(&at).map(|at| at.with_timezone(&Utc)))
+            .transpose()
+            .map_err(|err| corrupt("runs.wake_at", err))?;
+        if status == "running" || wake_at.is_none_or(|at| at <= now) {
+            due.push(run_id);
+        }
+    }
+    Ok(due)
+}
+
+fn open_runs_for(tx: &Transaction<'_>, person_id: &str) -> Result<Vec<RunRecord>, StoreError> {
+    let mut statement = tx
+        .prepare_cached(
+            "SELECT record FROM runs WHERE person_id = ?1 AND status IN ('running', 'waiting') ORDER BY run_id",
+        )
+        .map_err(backend)?;
+    let rows = statement
+        .query_map(params![person_id], |row| row.get::<_, String>(0))
+        .map_err(backend)?;
+    rows.map(|row| row.map_err(backend).and_then(parse_run))
+        .collect()
+}
+
+fn parse_outcome(text: &str) -> Result<TaskOutcome, StoreError> {
+    serde_json::from_str(text).map_err(|err| corrupt("task outcome", err))
+}
+
+fn start_task(tx: &Transaction<'_>, task_id: &str, run_id: &str) -> Result<TaskStart, StoreError> {
+    let existing: Option<(u32, Option<String>)> = tx
+        .query_row(
+            "SELECT attempts, outcome FROM tasks WHERE task_id = ?1",
+            params![task_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()
+        .map_err(backend)?;
+    match existing {
+        Some((_, Some(outcome))) => Ok(TaskStart::Finished(Box::new(parse_outcome(&outcome)?))),
+        Some((attempts, None)) => {
+            tx.execute(
+                "UPDATE tasks SET attempts = attempts + 1 WHERE task_id = ?1",
+                params![task_id],
+            )
+            .map_err(backend)?;
+            Ok(TaskStart::Interrupted { attempts })
+        }
+        None => {
+            tx.execute(
+                "INSERT INTO tasks (task_id, run_id, attempts) VALUES (?1, ?2, 1)",
+                params![task_id, run_id],
+            )
+            .map_err(backend)?;
+            Ok(TaskStart::Fresh)
+        }
+    }
+}
+
+fn complete_task(tx: &Transaction<'_>, outcome: &TaskOutcome) -> Result<TaskOutcome, StoreError> {
+    let task = &outcome.task;
+    let text = serde_json::to_string(outcome).map_err(backend)?;
+    tx.execute(
+        "INSERT INTO tasks (task_id, run_id, attempts, outcome, completed_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (task_id) DO UPDATE SET outcome = excluded.outcome, completed_at = excluded.completed_at
+         WHERE tasks.outcome IS NULL",
+        params![task.task_id, task.run_id, outcome.attempts, text, outcome.finished_at.to_rfc3339()],
+    )
+    .map_err(backend)?;
+    let stored: String = tx
+        .query_row(
+            "SELECT outcome FROM tasks WHERE task_id = ?1",
+            params![task.task_id],
+            |row| row.get(0),
+        )
+        .map_err(backend)?;
+    if stored == text {
+        Ok(outcome.clone())
+    } else {
+        parse_outcome(&stored)
+    }
+}
+
+fn task_outcomes(tx: &Transaction<'_>, run_id: &str) -> Result<Vec<TaskOutcome>, StoreError> {
+    let mut statement = tx
+        .prepare_cached(
+            "SELECT outcome FROM tasks WHERE run_id = ?1 AND outcome IS NOT NULL ORDER BY task_id",
+        )
+        .map_err(backend)?;
+    let rows = statement
+        .query_map(params![run_id], |row| row.get::<_, String>(0))
+        .map_err(backend)?;
+    rows.map(|row| row.map_err(backend).and_then(|text| parse_outcome(&text)))
+        .collect()
+}
+
+fn append(
+    tx: &Transaction<'_>,
+    heads: &mut HashMap<String, ChainHead>,
+    entry: AuditEntry,
+) -> Result<AuditRecord, StoreError> {
+    let existing: Option<(u64, String)> = tx
+        .prepare_cached("SELECT seq, record FROM audit WHERE run_id = ?1 AND key = ?2")
+        .and_then(|mut statement| {
+            statement
+                .query_row(params![entry.run_id, entry.key], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()
+        })
+        .map_err(backend)?;
+    if let Some((seq, text)) = existing {
+        return serde_json::from_str(&text)
+            .map_err(|err| corrupt(&format!("audit record {} seq {seq}", entry.run_id), err));
+    }
+    let head = match heads.get(&entry.run_id) {
+        Some(head) => Some(head.clone()),
+        None => head(tx, &entry.run_id)?,
+    };
+    let record = AuditRecord::chain(entry, head.as_ref(), Utc::now());
+    let text = serde_json::to_string(&record).map_err(backend)?;
+    tx.prepare_cached(
+        "INSERT INTO audit (run_id, seq, key, subject, record) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut statement| {
+        statement.execute(params![
+            record.run_id,
+            record.seq,
+            record.key,
+            record.subject,
+            text
+        ])
+    })
+    .map_err(backend)?;
+    tx.prepare_cached(
+        "INSERT INTO audit_heads (run_id, seq, hash) VALUES (?1, ?2, ?3)
+         ON CONFLICT (run_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+    )
+    .and_then(|mut statement| statement.execute(params![record.run_id, record.seq, record.hash]))
+    .map_err(backend)?;
+    heads.insert(record.run_id.clone(), record.head());
+    Ok(record)
+}
+
+fn collect_records(
+    tx: &Transaction<'_>,
+    sql: &str,
+    parameter: &str,
+) -> Result<Vec<AuditRecord>, StoreError> {
+    let mut statement = tx.prepare_cached(sql).map_err(backend)?;
+    let rows = statement
+        .query_map(params![parameter], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, u64>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        })
+        .map_err(backend)?;
+    let mut records = Vec::new();
+    for row in rows {
+        let (run_id, seq, text) = row.map_err(backend)?;
+        let record: AuditRecord = serde_json::from_str(&text).map_err(|err| {
+            corrupt(
+                &format!("audit record of run {run_id} at seq {seq} is unreadable"),
+                err,
+            )
+        })?;
+        records.push(record);
+    }
+    Ok(records)
+}
+
+fn records(tx: &Transaction<'_>, run_id: &str) -> Result<Vec<AuditRecord>, StoreError> {
+    collect_records(
+        tx,
+        "SELECT run_id, seq, record FROM audit WHERE run_id = ?1 ORDER BY seq",
+        run_id,
+    )
+}
+
+fn by_subject(tx: &Transaction<'_>, subject: &str) -> Result<Vec<AuditRecord>, StoreError> {
+    collect_records(
+        tx,
+        "SELECT run_id, seq, record FROM audit WHERE subject = ?1 ORDER BY json_extract(record, '$.at'), run_id, seq",
+        subject,
+    )
+}
+
+fn head(tx: &Transaction<'_>, run_id: &str) -> Result<Option<ChainHead>, StoreError> {
+    tx.prepare_cached("SELECT seq, hash FROM audit_heads WHERE run_id = ?1")
+        .and_then(|mut statement| {
+            statement
+                .query_row(params![run_id], |row| {
+                    Ok(ChainHead {
+                        seq: row.get(0)?,
+                        hash: row.get(1)?,
+                    })
+                })
+                .optional()
+        })
+        .map_err(backend)
+}
+
+fn run_ids(tx: &Transaction<'_>) -> Result<Vec<String>, StoreError> {
+    let mut statement = tx
+        .prepare_cached(
+            "SELECT run_id FROM audit_heads UNION SELECT DISTINCT run_id FROM audit ORDER BY 1",
+        )
+        .map_err(backend)?;
+    let rows = statement
+        .query_map([], |row| row.get::<_, String>(0))
+        .map_err(backend)?;
+    rows.map(|row| row.map_err(backend)).collect()
+}
+
+#[async_trait]
+impl RunStore for SqliteStore {
+    async fn claim_event(
+        &self,
+        source: &str,
+        event_id: &str,
+        run_id: &str,
+    ) -> Result<EventClaim, StoreError> {
+        let (source, event_id, run_id) =
+            (source.to_string(), event_id.to_string(), run_id.to_string());
+        self.ask(|reply| Command::ClaimEvent(source, event_id, run_id, reply))
+            .await
+    }
+
+    async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
+        let run = Box::new(run.clone());
+        self.ask(|reply| Command::PutRun(run, reply)).await
+    }
+
+    async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let run_id = run_id.to_string();
+        self.ask(|reply| Command::GetRun(run_id, reply)).await
+    }
+
+    async fn due_runs(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
+        self.ask(|reply| Command::DueRuns(now, reply)).await
+    }
+
+    async fn open_runs_for(&self, person_id: &str) -> Result<Vec<RunRecord>, StoreError> {
+        let person_id = person_id.to_string();
+        self.ask(|reply| Command::OpenRunsFor(person_id, reply))
+            .await
+    }
+
+    async fn start_task(&self, task: &Task) -> Result<TaskStart, StoreError> {
+        let (task_id, run_id) = (task.task_id.clone(), task.run_id.clone());
+        self.ask(|reply| Command::StartTask(task_id, run_id, reply))
+            .await
+    }
+
+    async fn complete_task(&self, outcome: &TaskOutcome) -> Result<TaskOutcome, StoreError> {
+        let outcome = Box::new(outcome.clone());
+        self.ask(|reply| Command::CompleteTask(outcome, reply))
+            .await
+    }
+
+    async fn task_outcomes(&self, run_id: &str) -> Result<Vec<TaskOutcome>, StoreError> {
+        let run_id = run_id.to_string();
+        self.ask(|reply| Command::TaskOutcomes(run_id, reply)).await
+    }
+}
+
+#[async_trait]
+impl AuditLog for SqliteStore {
+    async fn append(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
+        let entry = Box::new(entry);
+        self.ask(|reply| Command::Append(entry, reply)).await
+    }
+
+    async fn records(&self, run_id: &str) -> Result<Vec<AuditRecord>, StoreError> {
+        let run_id = run_id.to_string();
+        self.ask(|reply| Command::Records(run_id, reply)).await
+    }
+
+    async fn head(&self, run_id: &str) -> Result<Option<ChainHead>, StoreError> {
+        let run_id = run_id.to_string();
+        self.ask(|reply| Command::Head(run_id, reply)).await
+    }
+
+    async fn run_ids(&self) -> Result<Vec<String>, StoreError> {
+        self.ask(Command::RunIds).await
+    }
+
+    async fn by_subject(&self, subject: &str) -> Result<Vec<AuditRecord>, StoreError> {
+        let subject = subject.to_string();
+        self.ask(|reply| Command::BySubject(subject, reply)).await
+    }
+}

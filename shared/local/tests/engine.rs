@@ -1,0 +1,270 @@
+//! The orchestrator against the SQLite store and the in-memory directory: stage order,
+//! retries, escalations, delays, duplicates, rehire, and recovery after a crash.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{Duration as Days, TimeZone, Utc};
+use deprov_connectors::memory::{Fault, MemoryConnector, MemoryDirectory};
+use deprov_core::audit::verify_chain;
+use deprov_core::plan::Action;
+use deprov_core::ports::{AuditLog, Clock, RunStatus, RunStore};
+use deprov_core::testing::{sample_event, sample_policy, ManualClock};
+use deprov_core::{Connector, ConnectorError, LifecycleEvent, Policy, TaskStatus};
+use deprov_local::{Engine, EngineOptions, SqliteStore};
+
+struct Rig {
+    engine: Engine,
+    store: Arc<SqliteStore>,
+    crm: Arc<MemoryDirectory>,
+    clock: Arc<ManualClock>,
+    _dir: tempfile::TempDir,
+}
+
+fn fast_policy() -> Policy {
+    let mut policy = sample_policy();
+    policy.retry.base_delay.0 = std::time::Duration::from_millis(5);
+    policy.retry.max_delay.0 = std::time::Duration::from_millis(50);
+    policy
+}
+
+fn rig_with(
+    policy: Policy,
+    dir: tempfile::TempDir,
+    crm: Arc<MemoryDirectory>,
+    clock: Arc<ManualClock>,
+) -> Rig {
+    let store = Arc::new(SqliteStore::open(&dir.path().join("deprov.db")).unwrap());
+    let wiki = MemoryDirectory::new();
+    let mut connectors: BTreeMap<String, Arc<dyn Connector>> = BTreeMap::new();
+    connectors.insert(
+        "crm".into(),
+        Arc::new(MemoryConnector::new(Arc::clone(&crm))),
+    );
+    connectors.insert("wiki".into(), Arc::new(MemoryConnector::new(wiki)));
+    let engine = Engine::start(
+        policy,
+        connectors,
+        store.clone(),
+        store.clone(),
+        clock.clone(),
+        EngineOptions::default(),
+        None,
+    );
+    Rig {
+        engine,
+        store,
+        crm,
+        clock,
+        _dir: dir,
+    }
+}
+
+fn rig(policy: Policy) -> Rig {
+    let crm = MemoryDirectory::new();
+    crm.add_account("crm", "42", "ada.l", "ada@example.com", &["eng", "ops"]);
+    crm.add_account("crm", "43", "svc-backup", "backup@example.com", &["ops"]);
+    let clock = Arc::new(ManualClock::at(
+        Utc.with_ymd_and_hms(2026, 11, 26, 9, 0, 0).unwrap(),
+    ));
+    rig_with(policy, tempfile::tempdir().unwrap(), crm, clock)
+}
+
+async fn chain_ok(store: &SqliteStore, run_id: &str) -> usize {
+    let records = store.records(run_id).await.unwrap();
+    let head = store.head(run_id).await.unwrap();
+    verify_chain(run_id, &records, head.as_ref()).unwrap();
+    records.len()
+}
+
+#[tokio::test]
+async fn a_termination_runs_due_stages_and_waits_for_the_delayed_delete() {
+    let rig = rig(fast_policy());
+    let event = sample_event();
+    let report = rig.engine.submit(&event).await.unwrap();
+    assert_eq!(report.status, RunStatus::Waiting);
+    // sessions + disable + 2 groups verified; delete waits 30 days.
+    assert_eq!(report.count(TaskStatus::Verified), 4);
+    let account = rig.crm.account("42").unwrap();
+    assert!(!account.active && account.entitlements.is_empty());
+    // The exempt service account is untouched.
+    assert!(rig.crm.account("43").unwrap().active);
+    assert!(report.wake_at.is_some());
+
+    // Nothing is due yet.
+    assert!(rig.engine.resume_due().await.unwrap().is_empty());
+    rig.clock.advance(Days::days(31));
+    let reports = rig.engine.resume_due().await.unwrap();
+    assert_eq!(reports[0].status, RunStatus::Completed);
+    assert!(rig.crm.account("42").is_none(), "deleted after the delay");
+    assert!(chain_ok(&rig.store, &report.run_id).await >= 9);
+}
+
+#[tokio::test]
+async fn throttling_is_retried_and_refusals_and_lies_are_escalated() {
+    let rig = rig(fast_policy());
+    let throttled = ConnectorError::Throttled {
+        retry_after: Some(std::time::Duration::from_millis(20)),
+        message: "429".into(),
+    };
+    rig.crm.inject(
+        "ada.l",
+        Action::RevokeSessions,
+        Fault::Apply(throttled.clone()),
+    );
+    rig.crm.inject(
+        "ada.l",
+        Action::RevokeSessions,
+        Fault::Apply(ConnectorError::Transient("503".into())),
+    );
+    rig.crm.inject(
+        "ada.l",
+        Action::Disable,
+        Fault::Apply(ConnectorError::Permanent("HTTP 400: immutable user".into())),
+    );
+    rig.crm
+        .inject("ada.l", Action::RemoveEntitlement, Fault::Unverified);
+    let mut event = sample_event();
+    event.effective_at = (rig.clock.now() - Days::days(40)).fixed_offset();
+    let report = rig.engine.submit(&event).await.unwrap();
+    assert_eq!(report.status, RunStatus::Escalated);
+    let by_action = |action: Action| {
+        report
+            .outcomes
+            .iter()
+            .filter(|o| o.task.action == action)
+            .collect::<Vec<_>>()
+    };
+    let sessions = by_action(Action::RevokeSessions);
+    assert_eq!(
+        (sessions[0].status, sessions[0].attempts),
+        (TaskStatus::Verified, 3)
+    );
+    assert_eq!(by_action(Action::Disable)[0].status, TaskStatus::Escalated);
+    assert_eq!(
+        by_action(Action::RemoveEntitlement)
+            .iter()
+            .filter(|o| o.status == TaskStatus::Escalated)
+            .count(),
+        1
+    );
+    let records = rig.store.records(&report.run_id).await.unwrap();
+    let summary = records.last().unwrap();
+    assert_eq!(summary.detail["status"], "escalated");
+    assert_eq!(summary.detail["escalations"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn retries_give_up_after_max_attempts() {
+    let mut policy = fast_policy();
+    policy.retry.max_attempts = 2;
+    let rig = rig(policy);
+    for _ in 0..5 {
+        rig.crm.inject(
+            "ada.l",
+            Action::Disable,
+            Fault::Apply(ConnectorError::Transient("503".into())),
+        );
+    }
+    let mut event = sample_event();
+    event.systems = vec!["crm".into()];
+    let report = rig.engine.submit(&event).await.unwrap();
+    let disable = report
+        .outcomes
+        .iter()
+        .find(|o| o.task.action == Action::Disable)
+        .unwrap();
+    assert_eq!(disable.status, TaskStatus::Escalated);
+    assert!(disable
+        .error
+        .as_ref()
+        .unwrap()
+        .message
+        .contains("gave up after 2 attempts"));
+}
+
+#[tokio::test]
+async fn a_duplicate_delivery_starts_nothing_new() {
+    let rig = rig(fast_policy());
+    let event = sample_event();
+    let first = rig.engine.submit(&event).await.unwrap();
+    let changes = rig.crm.changes();
+    let records = rig.store.records(&first.run_id).await.unwrap().len();
+    let second = rig.engine.submit(&event).await.unwrap();
+    assert!(second.duplicate);
+    assert_eq!(second.run_id, first.run_id);
+    assert_eq!(rig.crm.changes(), changes);
+    assert_eq!(
+        rig.store.records(&first.run_id).await.unwrap().len(),
+        records
+    );
+}
+
+#[tokio::test]
+async fn a_rehire_before_the_delete_stage_cancels_it() {
+    let rig = rig(fast_policy());
+    let report = rig.engine.submit(&sample_event()).await.unwrap();
+    assert_eq!(report.status, RunStatus::Waiting);
+    let mut rehire: serde_json::Value = serde_json::to_value(sample_event()).unwrap();
+    rehire["event_id"] = "hr-1002".into();
+    rehire["kind"] = "rehire".into();
+    rehire.as_object_mut().unwrap().remove("termination_type");
+    let rehire = LifecycleEvent::parse(rehire.to_string().as_bytes()).unwrap();
+    let stop = rig.engine.submit(&rehire).await.unwrap();
+    assert_eq!(stop.stopped_runs, vec![report.run_id.clone()]);
+    rig.clock.advance(Days::days(31));
+    assert!(rig.engine.resume_due().await.unwrap().is_empty());
+    assert!(rig.crm.account("42").is_some(), "never deleted");
+    let run = rig.store.get_run(&report.run_id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Cancelled);
+    let cancelled = rig
+        .store
+        .task_outcomes(&report.run_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|o| o.status == TaskStatus::Cancelled)
+        .count();
+    assert_eq!(cancelled, 1, "the pending delete of ada's account");
+    chain_ok(&rig.store, &report.run_id).await;
+    chain_ok(&rig.store, &stop.run_id).await;
+}
+
+#[tokio::test]
+async fn a_crash_between_apply_and_record_never_applies_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let crm = MemoryDirectory::new();
+    crm.add_account("crm", "42", "ada.l", "ada@example.com", &["eng"]);
+    let clock = Arc::new(ManualClock::at(
+        Utc.with_ymd_and_hms(2026, 11, 26, 9, 0, 0).unwrap(),
+    ));
+    let mut event = sample_event();
+    event.systems = vec!["crm".into()];
+    let path = dir.path().to_path_buf();
+    let rig = rig_with(fast_policy(), dir, Arc::clone(&crm), Arc::clone(&clock));
+    let plan = rig.engine.plan(&event).await.unwrap();
+    // Simulate a worker that started the disable task and applied it, then died.
+    let disable = plan
+        .tasks()
+        .find(|t| t.action == Action::Disable)
+        .unwrap()
+        .clone();
+    rig.store.start_task(&disable).await.unwrap();
+    MemoryConnector::new(Arc::clone(&crm))
+        .apply(&disable)
+        .await
+        .unwrap();
+    let changes_before = crm.changes();
+    let report = rig.engine.submit(&event).await.unwrap();
+    let outcome = report
+        .outcomes
+        .iter()
+        .find(|o| o.task.task_id == disable.task_id)
+        .unwrap();
+    assert_eq!(outcome.status, TaskStatus::Verified);
+    assert_eq!(outcome.attempts, 2);
+    // sessions and the group changed; the disable was proven by reading back, not re-applied.
+    assert_eq!(crm.changes(), changes_before + 2);
+    assert!(path.join("deprov.db").exists());
+}
