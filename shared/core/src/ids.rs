@@ -13,6 +13,11 @@ fn digest(parts: &[&str]) -> String {
     hex::encode(hasher.finalize())
 }
 
+/// Hex SHA-256 of a document (rejection records name refused inputs by it).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// Run id from the event's source and id. Valid as a Step Functions execution name
 /// (`[A-Za-z0-9-_]`, ≤ 80 chars), so a duplicate HR delivery cannot start a second run.
 pub fn run_id(source: &str, event_id: &str) -> String {

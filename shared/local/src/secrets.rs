@@ -37,6 +37,15 @@ impl LocalSecrets {
         Ok(LocalSecrets { file })
     }
 
+    /// Adds one field of one secret (for embedded setups such as `deprov demo`).
+    pub fn with(mut self, name: &str, field: &str, value: &str) -> LocalSecrets {
+        self.file
+            .entry(name.to_string())
+            .or_default()
+            .insert(field.to_string(), value.to_string());
+        self
+    }
+
     /// The environment variable that overrides secret `name`.
     pub fn env_name(name: &str) -> String {
         let mapped: String = name

@@ -38,6 +38,8 @@ CREATE TABLE IF NOT EXISTS audit (
     run_id TEXT NOT NULL, seq INTEGER NOT NULL, key TEXT NOT NULL, subject TEXT NOT NULL,
     record TEXT NOT NULL, PRIMARY KEY (run_id, seq), UNIQUE (run_id, key));
 CREATE INDEX IF NOT EXISTS audit_by_subject ON audit (subject);
+CREATE TABLE IF NOT EXISTS policies (
+    version TEXT PRIMARY KEY, document TEXT NOT NULL, recorded_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit_heads (
     run_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, hash TEXT NOT NULL);
 "#;
@@ -58,6 +60,8 @@ enum Command {
     Head(String, Reply<Option<ChainHead>>),
     RunIds(Reply<Vec<String>>),
     BySubject(String, Reply<Vec<AuditRecord>>),
+    PutPolicy(String, String, Reply<()>),
+    GetPolicy(String, Reply<Option<String>>),
 }
 
 /// Handle to the store; cheap to clone, all clones share the writer thread.
@@ -103,6 +107,20 @@ impl SqliteStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Keeps a policy document under its version (the config table): every plan names the
+    /// version it used, and delayed stages resume under the same rules. A version is
+    /// immutable: recording different content under it is refused.
+    pub async fn record_policy(&self, version: &str, document: &str) -> Result<(), StoreError> {
+        let (version, document) = (version.to_string(), document.to_string());
+        self.ask(|reply| Command::PutPolicy(version, document, reply)).await
+    }
+
+    /// The policy document recorded under `version`.
+    pub async fn policy(&self, version: &str) -> Result<Option<String>, StoreError> {
+        let version = version.to_string();
+        self.ask(|reply| Command::GetPolicy(version, reply)).await
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
@@ -240,7 +258,40 @@ fn execute(
         Command::Head(run_id, reply) => answer(reply, head(transaction, &run_id)),
         Command::RunIds(reply) => answer(reply, run_ids(transaction)),
         Command::BySubject(subject, reply) => answer(reply, by_subject(transaction, &subject)),
+        Command::PutPolicy(version, document, reply) => answer(
+            reply,
+            guarded(transaction, |tx| put_policy(tx, &version, &document)),
+        ),
+        Command::GetPolicy(version, reply) => answer(reply, get_policy(transaction, &version)),
     }
+}
+
+fn put_policy(tx: &Transaction<'_>, version: &str, document: &str) -> Result<(), StoreError> {
+    match get_policy(tx, version)? {
+        Some(stored) if stored == document => Ok(()),
+        Some(_) => Err(StoreError::Backend(format!(
+            "policy version \"{version}\" is already recorded with different content; \
+             give the changed policy a new `version` so every run keeps pointing at the rules it used"
+        ))),
+        None => {
+            tx.execute(
+                "INSERT INTO policies (version, document, recorded_at) VALUES (?1, ?2, ?3)",
+                params![version, document, Utc::now().to_rfc3339()],
+            )
+            .map_err(backend)?;
+            Ok(())
+        }
+    }
+}
+
+fn get_policy(tx: &Transaction<'_>, version: &str) -> Result<Option<String>, StoreError> {
+    tx.query_row(
+        "SELECT document FROM policies WHERE version = ?1",
+        params![version],
+        |row| row.get(0),
+    )
+    .optional()
+    .map_err(backend)
 }
 
 fn claim_event(
