@@ -362,6 +362,17 @@ fn compare(attr: &Attr, op: Op, actual: &Value, lit: &Value) -> bool {
 }
 
 impl Filter {
+    /// The value of a filter that is exactly `userName eq "…"` (lets the store use its index).
+    pub(crate) fn user_name_eq(&self) -> Option<&str> {
+        match self {
+            Filter::Compare(chain, Op::Eq, Value::String(s)) => match chain.as_slice() {
+                [a] if a.name == "userName" => Some(s),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// Does `v` (a resource, or one element for a value filter) match?
     pub(crate) fn matches(&self, v: &Value) -> bool {
         match self {

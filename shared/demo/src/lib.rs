@@ -6,6 +6,15 @@
 //! deliberately strict (ETags, preconditions, filter grammar, PATCH semantics, error bodies)
 //! so that a connector that works here works against a real provider. Tests can inject
 //! latency, 429s and 503s, and read request counters.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! let crm = deprov_demo::ScimProvider::start("crm", "demo-token").await?;
+//! deprov_demo::seed(&crm, "crm");
+//! let dorothy = crm.find_user_id("dvaughan");
+//! // Point a SCIM client at crm.base_url() with "Authorization: Bearer demo-token".
+//! # let _ = dorothy; Ok(()) }
+//! ```
 
 mod error;
 mod filter;

@@ -95,6 +95,19 @@ fn same_element(a: &Value, b: &Value) -> bool {
     }
 }
 
+fn is_primary(v: &Value) -> bool {
+    v.get("primary") == Some(&Value::Bool(true))
+}
+
+/// A new primary value demotes the old one (RFC 7643 §2.4: "primary" true at most once).
+fn clear_primary<'a>(items: impl Iterator<Item = &'a mut Value>) {
+    for item in items {
+        if let Value::Object(o) = item {
+            o.remove("primary");
+        }
+    }
+}
+
 fn merge(into: &mut Value, from: Value) {
     match (into, from) {
         (Value::Object(dst), Value::Object(src)) => {
@@ -156,6 +169,9 @@ fn plain(
                         .entry(last.name)
                         .or_insert_with(|| Value::Array(Vec::new()));
                     if let Value::Array(items) = items {
+                        if new.iter().any(is_primary) {
+                            clear_primary(items.iter_mut());
+                        }
                         for n in new {
                             match items.iter_mut().find(|i| same_element(i, &n)) {
                                 Some(existing) => merge(existing, n),
@@ -233,6 +249,18 @@ fn elements(
                 Some(s) => schema::canonical(s, v, true)?,
                 None => schema::canonical(attr, v, false)?,
             };
+            let makes_primary = match (sub, &new) {
+                (Some(s), Some(v)) => s.name == "primary" && v == &Value::Bool(true),
+                (None, Some(v)) => is_primary(v),
+                _ => false,
+            };
+            if makes_primary {
+                let others = items
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(i, _)| !hits.contains(i));
+                clear_primary(others.map(|(_, v)| v));
+            }
             for &i in &hits {
                 let Some(Value::Object(o)) = items.get_mut(i) else {
                     continue;

@@ -481,9 +481,17 @@ impl Store {
     /// Rendered resources of `kind` matching `filter`, in creation order.
     pub(crate) fn list(&self, kind: Kind, filter: Option<&Filter>) -> Vec<(Value, &Resource)> {
         let idx = (kind == Kind::User).then(|| self.memberships());
-        self.items
-            .values()
-            .filter(|r| r.kind == kind)
+        // `userName eq "x"` is how connectors look accounts up: answer it from the index.
+        let candidates: Box<dyn Iterator<Item = &Resource>> =
+            match filter.and_then(Filter::user_name_eq) {
+                Some(name) if kind == Kind::User => Box::new(
+                    self.find_user(name)
+                        .and_then(|id| self.get(Kind::User, id))
+                        .into_iter(),
+                ),
+                _ => Box::new(self.items.values().filter(|r| r.kind == kind)),
+            };
+        candidates
             .map(|r| (self.render_with(r, idx.as_ref()), r))
             .filter(|(v, _)| filter.is_none_or(|f| f.matches(v)))
             .collect()

@@ -680,3 +680,63 @@ async fn seed_follows_the_workforce() {
     let v = t.filter("/Groups", "displayName pr").await;
     assert_eq!(v["totalResults"], 4);
 }
+
+#[tokio::test]
+async fn search_projection_and_primary_emails() {
+    let t = T::seeded().await;
+    let search = json!({
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+        "filter": "userName eq \"ghopper\" or userName eq \"hlamarr\"",
+        "excludedAttributes": ["groups", "emails"],
+        "count": 1,
+    });
+    let (s, _, v) = t
+        .send(t.req(Method::POST, "/Users/.search").json(&search))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["totalResults"], 2);
+    assert_eq!(v["itemsPerPage"], 1);
+    let first = v["Resources"][0].as_object().unwrap();
+    assert!(
+        first.contains_key("userName")
+            && !first.contains_key("groups")
+            && !first.contains_key("emails")
+    );
+
+    let (_, _, v) = t
+        .send(t.req(Method::GET, "/Users").query(&[
+            ("filter", "userName eq \"hlamarr\""),
+            ("attributes", "emails.value,name.givenName"),
+        ]))
+        .await;
+    assert_eq!(
+        v["Resources"][0]["emails"],
+        json!([{"value": "hedy.lamarr@example.com"}])
+    );
+    assert_eq!(v["Resources"][0]["name"], json!({"givenName": "Hedy"}));
+
+    let id = t.p.find_user_id("hlamarr").unwrap();
+    let ops = json!([{"op": "add", "path": "emails", "value": [{"value": "hedy@new.example", "type": "work", "primary": true}]}]);
+    let (s, _, v) = t.patch(&format!("/Users/{id}"), ops, None).await;
+    assert_eq!(s, 200, "{v}");
+    let primaries: Vec<&Value> = v["emails"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["primary"] == true)
+        .collect();
+    assert_eq!(primaries.len(), 1);
+    assert_eq!(primaries[0]["value"], "hedy@new.example");
+
+    let put =
+        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "hlamarr"});
+    let (s, _, v) = t
+        .send(
+            t.req(Method::PUT, &format!("/Users/{id}"))
+                .header("if-match", "W/\"1\"")
+                .json(&put),
+        )
+        .await;
+    assert_eq!(s, 412);
+    assert_error(&v, "412", None);
+}
