@@ -370,6 +370,8 @@ pub(crate) fn status_error(
         )),
         404 => ConnectorError::NotFound(answered),
         408 => ConnectorError::Transient(answered),
+        // Not implemented will not start working on a retry.
+        501 => ConnectorError::Permanent(answered),
         500..=599 => ConnectorError::Transient(answered),
         _ => ConnectorError::Permanent(answered),
     }
@@ -451,7 +453,7 @@ mod tests {
                 "{status}"
             );
         }
-        for status in [400, 409, 405, 422] {
+        for status in [400, 409, 405, 422, 501] {
             assert!(
                 matches!(
                     status_error(&ctx(), status, None, &none, now()),
