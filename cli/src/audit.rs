@@ -190,7 +190,7 @@ async fn show(args: ShowArgs) -> Result<u8, Failure> {
             record.seq.to_string(),
             kind.clone(),
             record.system.clone().unwrap_or_default(),
-            summary(&kind, &record.detail),
+            output::shorten(&summary(&kind, &record.detail), 110),
         ]);
     }
     println!("{rows}");

@@ -19,10 +19,14 @@ pub fn table(header: &[&str]) -> Table {
         .load_preset(presets::UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Dynamic)
         .set_header(header.iter().copied());
+    if !std::io::stdout().is_terminal() {
+        // Piped or logged output has no terminal width to fit; keep lines readable.
+        table.set_width(180);
+    }
     table
 }
 
-fn shorten(text: &str, max: usize) -> String {
+pub fn shorten(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         text.to_string()
     } else {

@@ -20,7 +20,9 @@ pub fn build(
     secrets: Arc<dyn SecretSource>,
 ) -> Result<Arc<dyn Connector>, ConnectorError> {
     match config.kind.as_str() {
-        "scim" => Ok(Arc::new(scim::ScimConnector::from_config(system, config, secrets)?)),
+        "scim" => Ok(Arc::new(scim::ScimConnector::from_config(
+            system, config, secrets,
+        )?)),
         other => Err(unknown_kind(system, other)),
     }
 }

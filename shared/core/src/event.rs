@@ -613,3 +613,46 @@ mod tests {
             .contains("limit"));
     }
 }
+
+#[cfg(test)]
+mod schema_tests {
+    use super::*;
+
+    /// The published schema is generated from these serde types; a change to one without
+    /// the other fails here. Regenerate with `deprov schema > infra/schemas/lifecycle-event.schema.json`.
+    #[test]
+    fn the_published_json_schema_matches_the_serde_types() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../infra/schemas/lifecycle-event.schema.json"
+        );
+        let published: Value = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_else(|| panic!("cannot read {path}"));
+        assert_eq!(
+            published,
+            LifecycleEvent::json_schema(),
+            "infra/schemas/lifecycle-event.schema.json is stale: run `deprov schema > infra/schemas/lifecycle-event.schema.json`"
+        );
+    }
+
+    /// Every example event shipped with the project parses, and names only schema fields.
+    #[test]
+    fn shipped_example_events_are_valid() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/events");
+        let entries = std::fs::read_dir(dir).unwrap_or_else(|err| panic!("{dir}: {err}"));
+        let mut checked = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|ext| ext == "json") {
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                if let Err(err) = LifecycleEvent::parse(&bytes) {
+                    panic!("{}: {err}", path.display());
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 3, "expected example events in {dir}");
+    }
+}

@@ -46,6 +46,9 @@ CREATE TABLE IF NOT EXISTS audit_heads (
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
+/// Answers one command once its group is committed; given the commit error, if any.
+type Answer = Box<dyn FnOnce(Option<&str>)>;
+
 enum Command {
     ClaimEvent(String, String, String, Reply<EventClaim>),
     PutRun(Box<RunRecord>, Reply<()>),
@@ -114,7 +117,8 @@ impl SqliteStore {
     /// immutable: recording different content under it is refused.
     pub async fn record_policy(&self, version: &str, document: &str) -> Result<(), StoreError> {
         let (version, document) = (version.to_string(), document.to_string());
-        self.ask(|reply| Command::PutPolicy(version, document, reply)).await
+        self.ask(|reply| Command::PutPolicy(version, document, reply))
+            .await
     }
 
     /// The policy document recorded under `version`.
@@ -163,7 +167,7 @@ impl Writer {
 
     /// Runs a group of commands in one transaction and answers them after the commit.
     fn commit_group(&mut self, group: Vec<Command>) {
-        let mut answers: Vec<Box<dyn FnOnce(Option<&str>)>> = Vec::with_capacity(group.len());
+        let mut answers: Vec<Answer> = Vec::with_capacity(group.len());
         let result = (|| -> rusqlite::Result<()> {
             let transaction = self.connection.transaction()?;
             for command in group {
@@ -190,11 +194,8 @@ fn execute(
     transaction: &Transaction<'_>,
     heads: &mut HashMap<String, ChainHead>,
     command: Command,
-) -> Box<dyn FnOnce(Option<&str>)> {
-    fn answer<T: Send + 'static>(
-        reply: Reply<T>,
-        result: Result<T, StoreError>,
-    ) -> Box<dyn FnOnce(Option<&str>)> {
+) -> Answer {
+    fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, StoreError>) -> Answer {
         Box::new(move |failure: Option<&str>| {
             let result = match failure {
                 Some(err) => Err(backend(format!("commit failed: {err}"))),

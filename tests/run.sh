@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs what the tests need (a Python venv with
+# scim2-server), checks formatting and lints, runs every test. The tests start and stop
+# their own servers on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv="${DEPROV_VENV:-$HOME/.cache/deprov-venv}"
+scim2_version="0.8.3"
+if ! "$venv/bin/scim2-server" --help >/dev/null 2>&1 \
+   || ! "$venv/bin/pip" show scim2-server 2>/dev/null | grep -q "^Version: $scim2_version\$"; then
+  echo "== installing scim2-server $scim2_version into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "scim2-server==$scim2_version"
+fi
+export DEPROV_SCIM2_SERVER="$venv/bin/scim2-server"
+
+# A target directory outside the clone, reused between runs.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/deprov-target}"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
