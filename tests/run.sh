@@ -22,5 +22,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo build (the deprov binary the CLI tests run)"
+cargo build -p deprov --locked
 echo "== cargo test"
 cargo test --workspace --locked

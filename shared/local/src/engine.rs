@@ -807,3 +807,21 @@ pub async fn discover(
     }
     Ok(discoveries)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::RateLimiter;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limiter_spaces_task_starts() {
+        let limiter = RateLimiter::new(10.0);
+        let started = Instant::now();
+        for _ in 0..5 {
+            limiter.acquire().await;
+        }
+        // The first start is immediate, the next four 100 ms apart.
+        assert_eq!(started.elapsed(), Duration::from_millis(400));
+    }
+}
