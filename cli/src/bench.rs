@@ -35,10 +35,10 @@ pub struct OrchestratorArgs {
     #[arg(long, default_value_t = 2000)]
     people: usize,
     /// Runs submitted at once.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 512)]
     in_flight: usize,
     /// Workers on the benchmark system.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 128)]
     concurrency: u32,
 }
 

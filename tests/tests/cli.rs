@@ -263,7 +263,7 @@ async fn malformed_input_is_refused_with_its_fields_and_only_a_rejection_is_reco
     assert_eq!(
         count(
             &db,
-            "SELECT COUNT(*) FROM audit WHERE json_extract(record, '$.kind') = 'event_rejected'"
+            "SELECT COUNT(*) FROM audit WHERE json_extract(body, '$.kind') = 'event_rejected'"
         ),
         2
     );
@@ -304,7 +304,7 @@ async fn tampering_with_any_audit_row_is_caught_and_named() {
     let tamperings: [(&str, &str, &str); 4] = [
         (
             "update",
-            "UPDATE audit SET record = json_set(record, '$.detail.status', 'verified-by-nobody') WHERE seq = 3",
+            "UPDATE audit SET body = json_set(body, '$.detail.status', 'verified-by-nobody') WHERE seq = 3",
             "broken at seq 3",
         ),
         ("delete", "DELETE FROM audit WHERE seq = 2", "broken at seq 2"),
@@ -431,7 +431,7 @@ async fn a_process_killed_mid_run_resumes_without_applying_anything_twice() {
     assert_eq!(
         count(
             &db,
-            "SELECT COUNT(*) FROM audit WHERE json_extract(record, '$.kind') = 'task_completed'"
+            "SELECT COUNT(*) FROM audit WHERE json_extract(body, '$.kind') = 'task_completed'"
         ),
         1 + groups as i64
     );

@@ -84,42 +84,159 @@ pub struct ChainBreak {
     pub reason: String,
 }
 
-impl AuditRecord {
-    /// Chains `entry` after `head` (`None` for a run's first record).
-    pub fn chain(entry: AuditEntry, head: Option<&ChainHead>, at: DateTime<Utc>) -> AuditRecord {
-        let mut record = AuditRecord {
+/// An entry with its time and content hash, ready to be chained. Sealing (the expensive
+/// part: canonical encoding and hashing of the detail) happens before the entry reaches the
+/// log's single writer, which then only links it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SealedEntry {
+    pub entry: AuditEntry,
+    pub at: DateTime<Utc>,
+    /// SHA-256 of the canonical encoding of everything but `seq`, `prev_hash` and `hash`.
+    pub body_hash: String,
+}
+
+/// The record's content, as hashed and as stored.
+#[derive(Serialize, Deserialize)]
+pub struct Body {
+    pub run_id: String,
+    pub key: String,
+    pub kind: AuditKind,
+    pub at: DateTime<Utc>,
+    pub subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    pub detail: Value,
+}
+
+/// What the content hash covers: every field but the chain's own (`seq`, `prev_hash`,
+/// `hash`). Absent options hash as `null`.
+#[derive(Serialize)]
+struct BodyView<'a> {
+    run_id: &'a str,
+    key: &'a str,
+    kind: AuditKind,
+    at: &'a DateTime<Utc>,
+    subject: &'a str,
+    system: &'a Option<String>,
+    task_id: &'a Option<String>,
+    detail: &'a Value,
+}
+
+impl BodyView<'_> {
+    fn hash(&self) -> String {
+        let value = serde_json::to_value(self).unwrap_or(Value::Null);
+        hex::encode(Sha256::digest(canonical::to_vec(&value)))
+    }
+}
+
+/// The chain link: SHA-256 over the record's position, its predecessor's hash and its
+/// content hash.
+pub fn link_hash(seq: u64, prev_hash: &str, body_hash: &str) -> String {
+    let link = json!({"seq": seq, "prev_hash": prev_hash, "body_hash": body_hash});
+    hex::encode(Sha256::digest(canonical::to_vec(&link)))
+}
+
+impl AuditEntry {
+    /// Stamps the entry with its time (microseconds, which every store round-trips) and
+    /// hashes its content.
+    pub fn seal(self, at: DateTime<Utc>) -> SealedEntry {
+        let at = at.trunc_subsecs(6);
+        let body_hash = BodyView {
+            run_id: &self.run_id,
+            key: &self.key,
+            kind: self.kind,
+            at: &at,
+            subject: &self.subject,
+            system: &self.system,
+            task_id: &self.task_id,
+            detail: &self.detail,
+        }
+        .hash();
+        SealedEntry {
+            entry: self,
+            at,
+            body_hash,
+        }
+    }
+}
+
+impl SealedEntry {
+    /// The content as stored beside the chain columns.
+    pub fn body(&self) -> Body {
+        let entry = &self.entry;
+        Body {
+            run_id: entry.run_id.clone(),
+            key: entry.key.clone(),
+            kind: entry.kind,
+            at: self.at,
+            subject: entry.subject.clone(),
+            system: entry.system.clone(),
+            task_id: entry.task_id.clone(),
+            detail: entry.detail.clone(),
+        }
+    }
+
+    /// Links the entry after `head` (`None` for a run's first record).
+    pub fn link(self, head: Option<&ChainHead>) -> AuditRecord {
+        let seq = head.map_or(1, |head| head.seq + 1);
+        let prev_hash = head.map_or_else(|| GENESIS.to_string(), |head| head.hash.clone());
+        let hash = link_hash(seq, &prev_hash, &self.body_hash);
+        let entry = self.entry;
+        AuditRecord {
             run_id: entry.run_id,
-            seq: head.map_or(1, |head| head.seq + 1),
+            seq,
             key: entry.key,
             kind: entry.kind,
-            // Microseconds survive every store's round trip unchanged.
-            at: at.trunc_subsecs(6),
+            at: self.at,
             subject: entry.subject,
             system: entry.system,
             task_id: entry.task_id,
             detail: entry.detail,
-            prev_hash: head.map_or_else(|| GENESIS.to_string(), |head| head.hash.clone()),
-            hash: String::new(),
-        };
-        record.hash = record.compute_hash();
-        record
+            prev_hash,
+            hash,
+        }
+    }
+}
+
+impl AuditRecord {
+    /// Seals and chains `entry` after `head` (`None` for a run's first record).
+    pub fn chain(entry: AuditEntry, head: Option<&ChainHead>, at: DateTime<Utc>) -> AuditRecord {
+        entry.seal(at).link(head)
     }
 
-    /// SHA-256 over the canonical encoding of every field but `hash`.
+    /// A stored record from its content and its chain columns.
+    pub fn from_parts(body: Body, seq: u64, prev_hash: String, hash: String) -> AuditRecord {
+        AuditRecord {
+            run_id: body.run_id,
+            seq,
+            key: body.key,
+            kind: body.kind,
+            at: body.at,
+            subject: body.subject,
+            system: body.system,
+            task_id: body.task_id,
+            detail: body.detail,
+            prev_hash,
+            hash,
+        }
+    }
+
+    /// The hash the record should carry, recomputed from its content and position.
     pub fn compute_hash(&self) -> String {
-        let body = json!({
-            "run_id": self.run_id,
-            "seq": self.seq,
-            "key": self.key,
-            "kind": self.kind,
-            "at": self.at,
-            "subject": self.subject,
-            "system": self.system,
-            "task_id": self.task_id,
-            "detail": self.detail,
-            "prev_hash": self.prev_hash,
-        });
-        hex::encode(Sha256::digest(canonical::to_vec(&body)))
+        let body_hash = BodyView {
+            run_id: &self.run_id,
+            key: &self.key,
+            kind: self.kind,
+            at: &self.at,
+            subject: &self.subject,
+            system: &self.system,
+            task_id: &self.task_id,
+            detail: &self.detail,
+        }
+        .hash();
+        link_hash(self.seq, &self.prev_hash, &body_hash)
     }
 
     pub fn head(&self) -> ChainHead {

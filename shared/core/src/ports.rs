@@ -52,6 +52,19 @@ impl RunStatus {
         }
     }
 
+    pub fn from_name(name: &str) -> Option<RunStatus> {
+        [
+            RunStatus::Running,
+            RunStatus::Waiting,
+            RunStatus::Completed,
+            RunStatus::Escalated,
+            RunStatus::Cancelled,
+            RunStatus::Refused,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == name)
+    }
+
     pub fn is_finished(self) -> bool {
         !matches!(self, RunStatus::Running | RunStatus::Waiting)
     }
@@ -102,8 +115,12 @@ pub trait RunStore: Send + Sync {
         event_id: &str,
         run_id: &str,
     ) -> Result<EventClaim, StoreError>;
+    /// Stores a run. The plan is written by the first put and never changes; later puts
+    /// update the run's state (status, next stage, wake time).
     async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError>;
     async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError>;
+    /// A run's status alone (cheap: for checks between stages).
+    async fn run_status(&self, run_id: &str) -> Result<Option<RunStatus>, StoreError>;
     /// Runs that have work now: running ones (interrupted) and waiting ones whose time came.
     async fn due_runs(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError>;
     /// Unfinished runs about a person (for rehire and cancel).
@@ -120,6 +137,15 @@ pub trait AuditLog: Send + Sync {
     /// Appends an entry to its run's chain. Idempotent by `(run_id, key)`: a second append
     /// of the same key returns the first record unchanged.
     async fn append(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError>;
+    /// Appends several entries in order, each idempotent as in `append`. Stores that can
+    /// write them at once (one transaction, one batch write) override this.
+    async fn append_batch(&self, entries: Vec<AuditEntry>) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut records = Vec::with_capacity(entries.len());
+        for entry in entries {
+            records.push(self.append(entry).await?);
+        }
+        Ok(records)
+    }
     /// A run's records in seq order.
     async fn records(&self, run_id: &str) -> Result<Vec<AuditRecord>, StoreError>;
     /// The run's head as stored beside the chain.

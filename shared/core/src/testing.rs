@@ -104,8 +104,24 @@ impl RunStore for MemoryStore {
     }
 
     async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
-        self.tables()?.runs.insert(run.run_id.clone(), run.clone());
+        let mut tables = self.tables()?;
+        let stored = tables
+            .runs
+            .entry(run.run_id.clone())
+            .or_insert_with(|| run.clone());
+        // The plan is immutable once stored; only the state moves.
+        stored.status = run.status;
+        stored.next_stage = run.next_stage;
+        stored.wake_at = run.wake_at;
+        stored.updated_at = run.updated_at;
         Ok(())
+    }
+
+    async fn run_status(
+        &self,
+        run_id: &str,
+    ) -> Result<Option<crate::ports::RunStatus>, StoreError> {
+        Ok(self.tables()?.runs.get(run_id).map(|run| run.status))
     }
 
     async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {

@@ -392,11 +392,9 @@ impl Inner {
                 .await?;
             self.emit(Progress::StageFinished(record));
             // A rehire or cancel may have stopped the run while this stage ran.
-            if let Some(latest) = self.store.get_run(&run.run_id).await? {
-                if latest.status == RunStatus::Cancelled {
-                    run = latest;
-                    break;
-                }
+            if self.store.run_status(&run.run_id).await? == Some(RunStatus::Cancelled) {
+                run.status = RunStatus::Cancelled;
+                break;
             }
             run.next_stage += 1;
             run.updated_at = self.clock.now();
@@ -505,6 +503,17 @@ impl Inner {
                 }
             }
         }
+        // One audit record per task, in plan order, written together as the stage closes.
+        let position: HashMap<&str, usize> = stage
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(index, task)| (task.task_id.as_str(), index))
+            .collect();
+        outcomes.sort_by_key(|outcome| position.get(outcome.task.task_id.as_str()).copied());
+        self.audit
+            .append_batch(outcomes.iter().map(worker::audit_entry).collect())
+            .await?;
         Ok(outcomes)
     }
 
@@ -592,7 +601,8 @@ impl Inner {
                         continue;
                     }
                 };
-                match worker::record(self.store.as_ref(), self.audit.as_ref(), &outcome).await {
+                // The audit record follows when the stage closes (RecordStage on AWS).
+                match self.store.complete_task(&outcome).await {
                     Ok(winner) => {
                         let _ = queue.ack(&delivery.receipt).await;
                         self.deliver(winner);
@@ -618,7 +628,7 @@ impl Inner {
                     .into(),
             },
         );
-        match worker::record(self.store.as_ref(), self.audit.as_ref(), &outcome).await {
+        match self.store.complete_task(&outcome).await {
             Ok(winner) => self.deliver(winner),
             Err(err) => {
                 tracing::error!(task_id = %message.task.task_id, error = %err, "cannot record a dead-lettered task")

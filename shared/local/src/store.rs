@@ -9,9 +9,11 @@ use std::sync::mpsc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use deprov_core::audit::{AuditEntry, AuditRecord, ChainHead};
+use deprov_core::audit::{AuditEntry, AuditRecord, Body, ChainHead, SealedEntry};
 use deprov_core::plan::Task;
-use deprov_core::ports::{AuditLog, EventClaim, RunRecord, RunStore, StoreError, TaskStart};
+use deprov_core::ports::{
+    AuditLog, EventClaim, RunRecord, RunStatus, RunStore, StoreError, TaskStart,
+};
 use deprov_core::task::TaskOutcome;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::oneshot;
@@ -27,7 +29,8 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (source, event_id));
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, person_id TEXT NOT NULL, status TEXT NOT NULL,
-    wake_at TEXT, record TEXT NOT NULL, updated_at TEXT NOT NULL);
+    next_stage INTEGER NOT NULL, wake_at TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+    plan TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS runs_by_person ON runs (person_id);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, wake_at);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -36,7 +39,8 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_by_run ON tasks (run_id);
 CREATE TABLE IF NOT EXISTS audit (
     run_id TEXT NOT NULL, seq INTEGER NOT NULL, key TEXT NOT NULL, subject TEXT NOT NULL,
-    record TEXT NOT NULL, PRIMARY KEY (run_id, seq), UNIQUE (run_id, key));
+    body TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq), UNIQUE (run_id, key));
 CREATE INDEX IF NOT EXISTS audit_by_subject ON audit (subject);
 CREATE TABLE IF NOT EXISTS policies (
     version TEXT PRIMARY KEY, document TEXT NOT NULL, recorded_at TEXT NOT NULL);
@@ -53,12 +57,16 @@ enum Command {
     ClaimEvent(String, String, String, Reply<EventClaim>),
     PutRun(Box<RunRecord>, Reply<()>),
     GetRun(String, Reply<Option<RunRecord>>),
+    RunStatus(String, Reply<Option<RunStatus>>),
     DueRuns(DateTime<Utc>, Reply<Vec<String>>),
     OpenRunsFor(String, Reply<Vec<RunRecord>>),
     StartTask(String, String, Reply<TaskStart>),
-    CompleteTask(Box<TaskOutcome>, Reply<TaskOutcome>),
+    /// The outcome and its JSON, encoded by the caller (off the writer thread).
+    CompleteTask(Box<TaskOutcome>, String, Reply<TaskOutcome>),
     TaskOutcomes(String, Reply<Vec<TaskOutcome>>),
-    Append(Box<AuditEntry>, Reply<AuditRecord>),
+    /// A sealed entry and its body's JSON, both prepared by the caller.
+    Append(Box<SealedEntry>, String, Reply<AuditRecord>),
+    AppendBatch(Vec<(SealedEntry, String)>, Reply<Vec<AuditRecord>>),
     Records(String, Reply<Vec<AuditRecord>>),
     Head(String, Reply<Option<ChainHead>>),
     RunIds(Reply<Vec<String>>),
@@ -93,7 +101,8 @@ impl SqliteStore {
             .map_err(|err| backend(format!("cannot open {}: {err}", path.display())))?;
         connection
             .execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; \
+                 PRAGMA wal_autocheckpoint = 8192;",
             )
             .and_then(|()| connection.execute_batch(SCHEMA))
             .map_err(|err| backend(format!("cannot prepare {}: {err}", path.display())))?;
@@ -229,6 +238,7 @@ fn execute(
         ),
         Command::PutRun(run, reply) => answer(reply, guarded(transaction, |tx| put_run(tx, &run))),
         Command::GetRun(run_id, reply) => answer(reply, get_run(transaction, &run_id)),
+        Command::RunStatus(run_id, reply) => answer(reply, run_status(transaction, &run_id)),
         Command::DueRuns(now, reply) => answer(reply, due_runs(transaction, now)),
         Command::OpenRunsFor(person_id, reply) => {
             answer(reply, open_runs_for(transaction, &person_id))
@@ -237,21 +247,45 @@ fn execute(
             reply,
             guarded(transaction, |tx| start_task(tx, &task_id, &run_id)),
         ),
-        Command::CompleteTask(outcome, reply) => answer(
+        Command::CompleteTask(outcome, text, reply) => answer(
             reply,
-            guarded(transaction, |tx| complete_task(tx, &outcome)),
+            guarded(transaction, |tx| complete_task(tx, *outcome, &text)),
         ),
         Command::TaskOutcomes(run_id, reply) => answer(reply, task_outcomes(transaction, &run_id)),
-        Command::Append(entry, reply) => {
-            let run_id = entry.run_id.clone();
+        Command::Append(sealed, body, reply) => {
+            let run_id = sealed.entry.run_id.clone();
             let before = heads.get(&run_id).cloned();
-            let result = guarded(transaction, |tx| append(tx, heads, *entry));
+            let result = guarded(transaction, |tx| append(tx, heads, *sealed, &body));
             if result.is_err() {
                 // The savepoint rolled the row back; the cached head must follow.
                 match before {
                     Some(head) => heads.insert(run_id, head),
                     None => heads.remove(&run_id),
                 };
+            }
+            answer(reply, result)
+        }
+        Command::AppendBatch(batch, reply) => {
+            let runs: Vec<String> = batch
+                .iter()
+                .map(|(sealed, _)| sealed.entry.run_id.clone())
+                .collect();
+            let before: Vec<Option<ChainHead>> =
+                runs.iter().map(|run| heads.get(run).cloned()).collect();
+            let result = guarded(transaction, |tx| {
+                batch
+                    .into_iter()
+                    .map(|(sealed, body)| append(tx, heads, sealed, &body))
+                    .collect::<Result<Vec<_>, _>>()
+            });
+            if result.is_err() {
+                // The savepoint rolled every row back; so must the cached heads.
+                for (run, head) in runs.into_iter().zip(before).rev() {
+                    match head {
+                        Some(head) => heads.insert(run, head),
+                        None => heads.remove(&run),
+                    };
+                }
             }
             answer(reply, result)
         }
@@ -321,39 +355,121 @@ fn claim_event(
 }
 
 fn put_run(tx: &Transaction<'_>, run: &RunRecord) -> Result<(), StoreError> {
-    let record = serde_json::to_string(run).map_err(backend)?;
-    tx.execute(
-        "INSERT INTO runs (run_id, person_id, status, wake_at, record, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, wake_at = excluded.wake_at,
-             record = excluded.record, updated_at = excluded.updated_at",
-        params![
-            run.run_id,
-            run.person_id,
-            run.status.as_str(),
-            run.wake_at.map(|at| at.to_rfc3339()),
-            record,
-            run.updated_at.to_rfc3339()
-        ],
-    )
-    .map_err(backend)?;
+    let wake_at = run.wake_at.map(|at| at.to_rfc3339());
+    let updated = tx
+        .prepare_cached(
+            "UPDATE runs SET status = ?2, next_stage = ?3, wake_at = ?4, updated_at = ?5 WHERE run_id = ?1",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![
+                run.run_id,
+                run.status.as_str(),
+                run.next_stage,
+                wake_at,
+                run.updated_at.to_rfc3339()
+            ])
+        })
+        .map_err(backend)?;
+    if updated == 0 {
+        // First put: the plan is written once, here.
+        let plan = serde_json::to_string(&run.plan).map_err(backend)?;
+        tx.execute(
+            "INSERT INTO runs (run_id, person_id, status, next_stage, wake_at, created_at, updated_at, plan)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                run.run_id,
+                run.person_id,
+                run.status.as_str(),
+                run.next_stage,
+                wake_at,
+                run.created_at.to_rfc3339(),
+                run.updated_at.to_rfc3339(),
+                plan
+            ],
+        )
+        .map_err(backend)?;
+    }
     Ok(())
 }
 
-fn parse_run(text: String) -> Result<RunRecord, StoreError> {
-    serde_json::from_str(&text).map_err(|err| corrupt("run record", err))
+fn parse_status(text: &str) -> Result<RunStatus, StoreError> {
+    RunStatus::from_name(text)
+        .ok_or_else(|| corrupt("runs.status", format!("unknown status `{text}`")))
+}
+
+fn parse_time(column: &str, text: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|at| at.with_timezone(&Utc))
+        .map_err(|err| corrupt(column, err))
+}
+
+const RUN_COLUMNS: &str =
+    "run_id, person_id, status, next_stage, wake_at, created_at, updated_at, plan";
+
+/// A `runs` row as read, before parsing.
+struct RunRow {
+    run_id: String,
+    person_id: String,
+    status: String,
+    next_stage: usize,
+    wake_at: Option<String>,
+    created_at: String,
+    updated_at: String,
+    plan: String,
+}
+
+fn run_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
+    Ok(RunRow {
+        run_id: row.get(0)?,
+        person_id: row.get(1)?,
+        status: row.get(2)?,
+        next_stage: row.get(3)?,
+        wake_at: row.get(4)?,
+        created_at: row.get(5)?,
+        updated_at: row.get(6)?,
+        plan: row.get(7)?,
+    })
+}
+
+fn parse_run(row: RunRow) -> Result<RunRecord, StoreError> {
+    Ok(RunRecord {
+        status: parse_status(&row.status)?,
+        next_stage: row.next_stage,
+        wake_at: row
+            .wake_at
+            .map(|at| parse_time("runs.wake_at", &at))
+            .transpose()?,
+        created_at: parse_time("runs.created_at", &row.created_at)?,
+        updated_at: parse_time("runs.updated_at", &row.updated_at)?,
+        plan: serde_json::from_str(&row.plan)
+            .map_err(|err| corrupt(&format!("plan of run {}", row.run_id), err))?,
+        run_id: row.run_id,
+        person_id: row.person_id,
+    })
 }
 
 fn get_run(tx: &Transaction<'_>, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
     tx.query_row(
-        "SELECT record FROM runs WHERE run_id = ?1",
+        &format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?1"),
         params![run_id],
-        |row| row.get::<_, String>(0),
+        run_row,
     )
     .optional()
     .map_err(backend)?
     .map(parse_run)
     .transpose()
+}
+
+fn run_status(tx: &Transaction<'_>, run_id: &str) -> Result<Option<RunStatus>, StoreError> {
+    tx.prepare_cached("SELECT status FROM runs WHERE run_id = ?1")
+        .and_then(|mut statement| {
+            statement
+                .query_row(params![run_id], |row| row.get::<_, String>(0))
+                .optional()
+        })
+        .map_err(backend)?
+        .map(|status| parse_status(&status))
+        .transpose()
 }
 
 fn due_runs(tx: &Transaction<'_>, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
@@ -387,12 +503,12 @@ fn due_runs(tx: &Transaction<'_>, now: DateTime<Utc>) -> Result<Vec<String>, Sto
 
 fn open_runs_for(tx: &Transaction<'_>, person_id: &str) -> Result<Vec<RunRecord>, StoreError> {
     let mut statement = tx
-        .prepare_cached(
-            "SELECT record FROM runs WHERE person_id = ?1 AND status IN ('running', 'waiting') ORDER BY run_id",
-        )
+        .prepare_cached(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE person_id = ?1 AND status IN ('running', 'waiting') ORDER BY run_id"
+        ))
         .map_err(backend)?;
     let rows = statement
-        .query_map(params![person_id], |row| row.get::<_, String>(0))
+        .query_map(params![person_id], run_row)
         .map_err(backend)?;
     rows.map(|row| row.map_err(backend).and_then(parse_run))
         .collect()
@@ -432,16 +548,32 @@ fn start_task(tx: &Transaction<'_>, task_id: &str, run_id: &str) -> Result<TaskS
     }
 }
 
-fn complete_task(tx: &Transaction<'_>, outcome: &TaskOutcome) -> Result<TaskOutcome, StoreError> {
+fn complete_task(
+    tx: &Transaction<'_>,
+    outcome: TaskOutcome,
+    text: &str,
+) -> Result<TaskOutcome, StoreError> {
     let task = &outcome.task;
-    let text = serde_json::to_string(outcome).map_err(backend)?;
-    tx.execute(
-        "INSERT INTO tasks (task_id, run_id, attempts, outcome, completed_at) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (task_id) DO UPDATE SET outcome = excluded.outcome, completed_at = excluded.completed_at
-         WHERE tasks.outcome IS NULL",
-        params![task.task_id, task.run_id, outcome.attempts, text, outcome.finished_at.to_rfc3339()],
-    )
-    .map_err(backend)?;
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO tasks (task_id, run_id, attempts, outcome, completed_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (task_id) DO UPDATE SET outcome = excluded.outcome, completed_at = excluded.completed_at
+             WHERE tasks.outcome IS NULL",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![
+                task.task_id,
+                task.run_id,
+                outcome.attempts,
+                text,
+                outcome.finished_at.to_rfc3339()
+            ])
+        })
+        .map_err(backend)?;
+    if inserted == 1 {
+        return Ok(outcome);
+    }
+    // An earlier completion won; it is the one that counts.
     let stored: String = tx
         .query_row(
             "SELECT outcome FROM tasks WHERE task_id = ?1",
@@ -449,11 +581,7 @@ fn complete_task(tx: &Transaction<'_>, outcome: &TaskOutcome) -> Result<TaskOutc
             |row| row.get(0),
         )
         .map_err(backend)?;
-    if stored == text {
-        Ok(outcome.clone())
-    } else {
-        parse_outcome(&stored)
-    }
+    parse_outcome(&stored)
 }
 
 fn task_outcomes(tx: &Transaction<'_>, run_id: &str) -> Result<Vec<TaskOutcome>, StoreError> {
@@ -469,33 +597,72 @@ fn task_outcomes(tx: &Transaction<'_>, run_id: &str) -> Result<Vec<TaskOutcome>,
         .collect()
 }
 
+const AUDIT_COLUMNS: &str = "run_id, seq, body, prev_hash, hash";
+
+/// An `audit` row as read, before parsing.
+struct AuditRow {
+    run_id: String,
+    seq: u64,
+    body: String,
+    prev_hash: String,
+    hash: String,
+}
+
+fn audit_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
+    Ok(AuditRow {
+        run_id: row.get(0)?,
+        seq: row.get(1)?,
+        body: row.get(2)?,
+        prev_hash: row.get(3)?,
+        hash: row.get(4)?,
+    })
+}
+
+fn parse_record(row: AuditRow) -> Result<AuditRecord, StoreError> {
+    let body: Body = serde_json::from_str(&row.body).map_err(|err| {
+        corrupt(
+            &format!(
+                "audit record of run {} at seq {} is unreadable",
+                row.run_id, row.seq
+            ),
+            err,
+        )
+    })?;
+    Ok(AuditRecord::from_parts(
+        body,
+        row.seq,
+        row.prev_hash,
+        row.hash,
+    ))
+}
+
 fn append(
     tx: &Transaction<'_>,
     heads: &mut HashMap<String, ChainHead>,
-    entry: AuditEntry,
+    sealed: SealedEntry,
+    body: &str,
 ) -> Result<AuditRecord, StoreError> {
-    let existing: Option<(u64, String)> = tx
-        .prepare_cached("SELECT seq, record FROM audit WHERE run_id = ?1 AND key = ?2")
+    let entry = &sealed.entry;
+    let existing = tx
+        .prepare_cached(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit WHERE run_id = ?1 AND key = ?2"
+        ))
         .and_then(|mut statement| {
             statement
-                .query_row(params![entry.run_id, entry.key], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })
+                .query_row(params![entry.run_id, entry.key], audit_row)
                 .optional()
         })
         .map_err(backend)?;
-    if let Some((seq, text)) = existing {
-        return serde_json::from_str(&text)
-            .map_err(|err| corrupt(&format!("audit record {} seq {seq}", entry.run_id), err));
+    if let Some(existing) = existing {
+        return parse_record(existing);
     }
     let head = match heads.get(&entry.run_id) {
         Some(head) => Some(head.clone()),
         None => head(tx, &entry.run_id)?,
     };
-    let record = AuditRecord::chain(entry, head.as_ref(), Utc::now());
-    let text = serde_json::to_string(&record).map_err(backend)?;
+    let record = sealed.link(head.as_ref());
     tx.prepare_cached(
-        "INSERT INTO audit (run_id, seq, key, subject, record) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO audit (run_id, seq, key, subject, body, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )
     .and_then(|mut statement| {
         statement.execute(params![
@@ -503,7 +670,9 @@ fn append(
             record.seq,
             record.key,
             record.subject,
-            text
+            body,
+            record.prev_hash,
+            record.hash
         ])
     })
     .map_err(backend)?;
@@ -524,32 +693,16 @@ fn collect_records(
 ) -> Result<Vec<AuditRecord>, StoreError> {
     let mut statement = tx.prepare_cached(sql).map_err(backend)?;
     let rows = statement
-        .query_map(params![parameter], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, u64>(1)?,
-                row.get::<_, String>(2)?,
-            ))
-        })
+        .query_map(params![parameter], audit_row)
         .map_err(backend)?;
-    let mut records = Vec::new();
-    for row in rows {
-        let (run_id, seq, text) = row.map_err(backend)?;
-        let record: AuditRecord = serde_json::from_str(&text).map_err(|err| {
-            corrupt(
-                &format!("audit record of run {run_id} at seq {seq} is unreadable"),
-                err,
-            )
-        })?;
-        records.push(record);
-    }
-    Ok(records)
+    rows.map(|row| row.map_err(backend).and_then(parse_record))
+        .collect()
 }
 
 fn records(tx: &Transaction<'_>, run_id: &str) -> Result<Vec<AuditRecord>, StoreError> {
     collect_records(
         tx,
-        "SELECT run_id, seq, record FROM audit WHERE run_id = ?1 ORDER BY seq",
+        &format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE run_id = ?1 ORDER BY seq"),
         run_id,
     )
 }
@@ -557,7 +710,9 @@ fn records(tx: &Transaction<'_>, run_id: &str) -> Result<Vec<AuditRecord>, Store
 fn by_subject(tx: &Transaction<'_>, subject: &str) -> Result<Vec<AuditRecord>, StoreError> {
     collect_records(
         tx,
-        "SELECT run_id, seq, record FROM audit WHERE subject = ?1 ORDER BY json_extract(record, '$.at'), run_id, seq",
+        &format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit WHERE subject = ?1 ORDER BY json_extract(body, '$.at'), run_id, seq"
+        ),
         subject,
     )
 }
@@ -613,6 +768,11 @@ impl RunStore for SqliteStore {
         self.ask(|reply| Command::GetRun(run_id, reply)).await
     }
 
+    async fn run_status(&self, run_id: &str) -> Result<Option<RunStatus>, StoreError> {
+        let run_id = run_id.to_string();
+        self.ask(|reply| Command::RunStatus(run_id, reply)).await
+    }
+
     async fn due_runs(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
         self.ask(|reply| Command::DueRuns(now, reply)).await
     }
@@ -630,8 +790,9 @@ impl RunStore for SqliteStore {
     }
 
     async fn complete_task(&self, outcome: &TaskOutcome) -> Result<TaskOutcome, StoreError> {
+        let text = serde_json::to_string(outcome).map_err(backend)?;
         let outcome = Box::new(outcome.clone());
-        self.ask(|reply| Command::CompleteTask(outcome, reply))
+        self.ask(|reply| Command::CompleteTask(outcome, text, reply))
             .await
     }
 
@@ -644,8 +805,24 @@ impl RunStore for SqliteStore {
 #[async_trait]
 impl AuditLog for SqliteStore {
     async fn append(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
-        let entry = Box::new(entry);
-        self.ask(|reply| Command::Append(entry, reply)).await
+        // Hashing and encoding happen here, on the caller's thread; the writer only links.
+        let sealed = entry.seal(Utc::now());
+        let body = serde_json::to_string(&sealed.body()).map_err(backend)?;
+        let sealed = Box::new(sealed);
+        self.ask(|reply| Command::Append(sealed, body, reply)).await
+    }
+
+    async fn append_batch(&self, entries: Vec<AuditEntry>) -> Result<Vec<AuditRecord>, StoreError> {
+        let now = Utc::now();
+        let batch = entries
+            .into_iter()
+            .map(|entry| {
+                let sealed = entry.seal(now);
+                let body = serde_json::to_string(&sealed.body()).map_err(backend)?;
+                Ok((sealed, body))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.ask(|reply| Command::AppendBatch(batch, reply)).await
     }
 
     async fn records(&self, run_id: &str) -> Result<Vec<AuditRecord>, StoreError> {
