@@ -5,6 +5,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian packages of the real targets: OpenLDAP (slapd) and PostgreSQL 15. The tests run
+# their own servers from temporary directories; the packages' own services are not used.
+missing=()
+command -v slapd >/dev/null 2>&1 || [ -x /usr/sbin/slapd ] || missing+=(slapd)
+command -v ldapmodify >/dev/null 2>&1 || missing+=(ldap-utils)
+[ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql-15)
+command -v psql >/dev/null 2>&1 || missing+=(postgresql-client-15)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
 venv="${DEPROV_VENV:-$HOME/.cache/deprov-venv}"
 scim2_version="0.8.3"
 if ! "$venv/bin/scim2-server" --help >/dev/null 2>&1 \
