@@ -2,6 +2,8 @@
 //!
 //! Each test starts its own server on a free loopback port, so tests run in parallel.
 
+pub mod conformance;
+
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
