@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -333,15 +332,13 @@ async fn a_storm_ends_verified(
         SqliteStore::open(&dir.path().join("storm.db")).unwrap_or_else(|err| panic!("{err}")),
     );
     let connectors = BTreeMap::from([(name.clone(), connector(target, target.secrets()))]);
-    let mut options = EngineOptions::default();
-    options.discovery_timeout = Duration::from_secs(30);
     let engine = Engine::start(
         policy(target),
         connectors,
         store.clone(),
         store.clone(),
         Arc::new(SystemClock),
-        options,
+        EngineOptions::default(),
         None,
     );
     storm(target);
