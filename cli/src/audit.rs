@@ -180,17 +180,17 @@ async fn show(args: ShowArgs) -> Result<u8, Failure> {
     }
     let mut rows = output::table(&["time (UTC)", "run", "seq", "record", "system", "what"]);
     for record in &records {
-        let kind = serde_json::to_value(record.kind)
+        let kind = serde_json::to_value(record.body.kind)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
         rows.add_row(vec![
-            record.at.format("%Y-%m-%d %H:%M:%S").to_string(),
-            record.run_id.clone(),
+            record.body.at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            record.body.run_id.clone(),
             record.seq.to_string(),
             kind.clone(),
-            record.system.clone().unwrap_or_default(),
-            output::shorten(&summary(&kind, &record.detail), 110),
+            record.body.system.clone().unwrap_or_default(),
+            output::shorten(&summary(&kind, &record.body.detail), 110),
         ]);
     }
     println!("{rows}");

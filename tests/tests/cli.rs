@@ -50,6 +50,21 @@ impl Workspace {
         self.path("deprov.db")
     }
 
+    /// `deprov run` of `event` under `policy` against this workspace's database.
+    fn run(&self, token: &str, policy: &Path, event: &Path) -> Output {
+        let db = self.db();
+        let args = [
+            "run",
+            "--policy",
+            path_str(policy),
+            "--event",
+            path_str(event),
+            "--db",
+            path_str(&db),
+        ];
+        self.deprov(token, &args)
+    }
+
     /// Runs deprov with the secret of the example policy set to `token`.
     fn deprov(&self, token: &str, args: &[&str]) -> Output {
         Command::new(deprov_binary())
@@ -60,6 +75,10 @@ impl Workspace {
             .output()
             .unwrap()
     }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
 }
 
 fn text(output: &Output) -> String {
@@ -102,17 +121,8 @@ async fn run_disables_on_the_real_server_and_a_second_run_changes_nothing() {
     let policy = space.write("policy.toml", &example_policy(&server.base_url));
     let event = space.write("event.json", &example_event("termination.json"));
     let db = space.db();
-    let args = [
-        "run",
-        "--policy",
-        policy.to_str().unwrap(),
-        "--event",
-        event.to_str().unwrap(),
-        "--db",
-        db.to_str().unwrap(),
-    ];
 
-    let first = space.deprov(&server.token, &args);
+    let first = space.run(&server.token, &policy, &event);
     assert_eq!(first.status.code(), Some(0), "{}", text(&first));
     // Read back with a plain HTTP GET: disabled, out of the group; the other person untouched.
     let user = server.get_user(&jordan).await.unwrap();
@@ -129,7 +139,7 @@ async fn run_disables_on_the_real_server_and_a_second_run_changes_nothing() {
     assert!(text(&first).contains("waits until"), "{}", text(&first));
 
     // The same delivery again: recognised, nothing new started, and it says so.
-    let second = space.deprov(&server.token, &args);
+    let second = space.run(&server.token, &policy, &event);
     assert_eq!(second.status.code(), Some(0), "{}", text(&second));
     assert!(
         text(&second).contains("received before"),
@@ -141,18 +151,7 @@ async fn run_disables_on_the_real_server_and_a_second_run_changes_nothing() {
     // A new event about the same person finds everything already done and proves it.
     let again = example_event("termination.json").replace("hr-2026-000123", "hr-2026-000199");
     let again = space.write("again.json", &again);
-    let third = space.deprov(
-        &server.token,
-        &[
-            "run",
-            "--policy",
-            policy.to_str().unwrap(),
-            "--event",
-            again.to_str().unwrap(),
-            "--db",
-            db.to_str().unwrap(),
-        ],
-    );
+    let third = space.run(&server.token, &policy, &again);
     assert_eq!(third.status.code(), Some(0), "{}", text(&third));
     assert!(
         text(&third).contains("1 due tasks verified (1 already in place, 0 changed)"),
@@ -197,18 +196,7 @@ async fn malformed_input_is_refused_with_its_fields_and_only_a_rejection_is_reco
     let db = space.db();
 
     let bad_event = examples().join("invalid-event.json");
-    let output = space.deprov(
-        &server.token,
-        &[
-            "run",
-            "--policy",
-            policy.to_str().unwrap(),
-            "--event",
-            bad_event.to_str().unwrap(),
-            "--db",
-            db.to_str().unwrap(),
-        ],
-    );
+    let output = space.run(&server.token, &policy, &bad_event);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     for field in [
         "$.event_id",
@@ -229,18 +217,7 @@ async fn malformed_input_is_refused_with_its_fields_and_only_a_rejection_is_reco
         &example_policy(&server.base_url).replace("concurrency = 8", "concurrency = 0"),
     );
     let event = space.write("event.json", &example_event("termination.json"));
-    let output = space.deprov(
-        &server.token,
-        &[
-            "run",
-            "--policy",
-            bad_policy.to_str().unwrap(),
-            "--event",
-            event.to_str().unwrap(),
-            "--db",
-            db.to_str().unwrap(),
-        ],
-    );
+    let output = space.run(&server.token, &bad_policy, &event);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     assert!(
         text(&output).contains("line 12, systems.app.concurrency: is 0; use 1 to 256"),
@@ -279,18 +256,7 @@ async fn audited_run(space: &Workspace) -> PathBuf {
     let policy = space.write("policy.toml", &example_policy(&server.base_url));
     let event = space.write("event.json", &example_event("termination.json"));
     let db = space.db();
-    let output = space.deprov(
-        &server.token,
-        &[
-            "run",
-            "--policy",
-            policy.to_str().unwrap(),
-            "--event",
-            event.to_str().unwrap(),
-            "--db",
-            db.to_str().unwrap(),
-        ],
-    );
+    let output = space.run(&server.token, &policy, &event);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     db
 }
@@ -406,7 +372,7 @@ async fn a_process_killed_mid_run_resumes_without_applying_anything_twice() {
     );
 
     // Restarted with the same event: the run resumes where it stopped.
-    let rerun = space.deprov("slow-token", &args);
+    let rerun = space.run("slow-token", &policy, &event);
     assert_eq!(rerun.status.code(), Some(0), "{}", text(&rerun));
     assert_eq!(provider.user(&user).unwrap()["active"], json!(false));
     for index in 0..groups {

@@ -51,10 +51,10 @@ pub struct AuditEntry {
     pub detail: Value,
 }
 
+/// What a record says: everything but its place in the chain.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct AuditRecord {
+pub struct Body {
     pub run_id: String,
-    pub seq: u64,
     pub key: String,
     pub kind: AuditKind,
     pub at: DateTime<Utc>,
@@ -64,6 +64,22 @@ pub struct AuditRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_id: Option<String>,
     pub detail: Value,
+}
+
+impl Body {
+    /// SHA-256 of the canonical encoding.
+    pub fn hash(&self) -> String {
+        let value = serde_json::to_value(self).unwrap_or(Value::Null);
+        hex::encode(Sha256::digest(canonical::to_vec(&value)))
+    }
+}
+
+/// A record as stored: its content and its link in the run's chain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AuditRecord {
+    #[serde(flatten)]
+    pub body: Body,
+    pub seq: u64,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -89,46 +105,8 @@ pub struct ChainBreak {
 /// log's single writer, which then only links it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SealedEntry {
-    pub entry: AuditEntry,
-    pub at: DateTime<Utc>,
-    /// SHA-256 of the canonical encoding of everything but `seq`, `prev_hash` and `hash`.
+    pub body: Body,
     pub body_hash: String,
-}
-
-/// The record's content, as hashed and as stored.
-#[derive(Serialize, Deserialize)]
-pub struct Body {
-    pub run_id: String,
-    pub key: String,
-    pub kind: AuditKind,
-    pub at: DateTime<Utc>,
-    pub subject: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub system: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub task_id: Option<String>,
-    pub detail: Value,
-}
-
-/// What the content hash covers: every field but the chain's own (`seq`, `prev_hash`,
-/// `hash`). Absent options hash as `null`.
-#[derive(Serialize)]
-struct BodyView<'a> {
-    run_id: &'a str,
-    key: &'a str,
-    kind: AuditKind,
-    at: &'a DateTime<Utc>,
-    subject: &'a str,
-    system: &'a Option<String>,
-    task_id: &'a Option<String>,
-    detail: &'a Value,
-}
-
-impl BodyView<'_> {
-    fn hash(&self) -> String {
-        let value = serde_json::to_value(self).unwrap_or(Value::Null);
-        hex::encode(Sha256::digest(canonical::to_vec(&value)))
-    }
 }
 
 /// The chain link: SHA-256 over the record's position, its predecessor's hash and its
@@ -142,60 +120,33 @@ impl AuditEntry {
     /// Stamps the entry with its time (microseconds, which every store round-trips) and
     /// hashes its content.
     pub fn seal(self, at: DateTime<Utc>) -> SealedEntry {
-        let at = at.trunc_subsecs(6);
-        let body_hash = BodyView {
-            run_id: &self.run_id,
-            key: &self.key,
+        let body = Body {
+            run_id: self.run_id,
+            key: self.key,
             kind: self.kind,
-            at: &at,
-            subject: &self.subject,
-            system: &self.system,
-            task_id: &self.task_id,
-            detail: &self.detail,
-        }
-        .hash();
+            at: at.trunc_subsecs(6),
+            subject: self.subject,
+            system: self.system,
+            task_id: self.task_id,
+            detail: self.detail,
+        };
         SealedEntry {
-            entry: self,
-            at,
-            body_hash,
+            body_hash: body.hash(),
+            body,
         }
     }
 }
 
 impl SealedEntry {
-    /// The content as stored beside the chain columns.
-    pub fn body(&self) -> Body {
-        let entry = &self.entry;
-        Body {
-            run_id: entry.run_id.clone(),
-            key: entry.key.clone(),
-            kind: entry.kind,
-            at: self.at,
-            subject: entry.subject.clone(),
-            system: entry.system.clone(),
-            task_id: entry.task_id.clone(),
-            detail: entry.detail.clone(),
-        }
-    }
-
     /// Links the entry after `head` (`None` for a run's first record).
     pub fn link(self, head: Option<&ChainHead>) -> AuditRecord {
         let seq = head.map_or(1, |head| head.seq + 1);
         let prev_hash = head.map_or_else(|| GENESIS.to_string(), |head| head.hash.clone());
-        let hash = link_hash(seq, &prev_hash, &self.body_hash);
-        let entry = self.entry;
         AuditRecord {
-            run_id: entry.run_id,
+            hash: link_hash(seq, &prev_hash, &self.body_hash),
+            body: self.body,
             seq,
-            key: entry.key,
-            kind: entry.kind,
-            at: self.at,
-            subject: entry.subject,
-            system: entry.system,
-            task_id: entry.task_id,
-            detail: entry.detail,
             prev_hash,
-            hash,
         }
     }
 }
@@ -206,37 +157,9 @@ impl AuditRecord {
         entry.seal(at).link(head)
     }
 
-    /// A stored record from its content and its chain columns.
-    pub fn from_parts(body: Body, seq: u64, prev_hash: String, hash: String) -> AuditRecord {
-        AuditRecord {
-            run_id: body.run_id,
-            seq,
-            key: body.key,
-            kind: body.kind,
-            at: body.at,
-            subject: body.subject,
-            system: body.system,
-            task_id: body.task_id,
-            detail: body.detail,
-            prev_hash,
-            hash,
-        }
-    }
-
     /// The hash the record should carry, recomputed from its content and position.
     pub fn compute_hash(&self) -> String {
-        let body_hash = BodyView {
-            run_id: &self.run_id,
-            key: &self.key,
-            kind: self.kind,
-            at: &self.at,
-            subject: &self.subject,
-            system: &self.system,
-            task_id: &self.task_id,
-            detail: &self.detail,
-        }
-        .hash();
-        link_hash(self.seq, &self.prev_hash, &body_hash)
+        link_hash(self.seq, &self.prev_hash, &self.body.hash())
     }
 
     pub fn head(&self) -> ChainHead {
@@ -269,10 +192,10 @@ pub fn verify_chain(
                 format!("expected seq {expected} here, found seq {} (a record was deleted, inserted or moved)", record.seq),
             ));
         }
-        if record.run_id != run_id {
+        if record.body.run_id != run_id {
             return Err(broken(
                 expected,
-                format!("record belongs to run {}", record.run_id),
+                format!("record belongs to run {}", record.body.run_id),
             ));
         }
         let expected_prev = previous.map_or(GENESIS, |previous| previous.hash.as_str());
@@ -384,8 +307,8 @@ mod tests {
             // The earliest seq the mutation touches: the break must be reported there.
             let first_touched = match &mutation {
                 Mutation::Modify(i, text) => {
-                    let before = records[*i].detail.clone();
-                    records[*i].detail = json!({"note": format!("{text}!"), "was": before});
+                    let before = records[*i].body.detail.clone();
+                    records[*i].body.detail = json!({"note": format!("{text}!"), "was": before});
                     *i as u64 + 1
                 }
                 Mutation::Delete(i) => { records.remove(*i); *i as u64 + 1 }
@@ -399,7 +322,7 @@ mod tests {
                 Mutation::Truncate(n) => { records.truncate(*n); *n as u64 + 1 }
                 Mutation::RehashFrom(i, text) => {
                     // A forger who rewrites a record and re-hashes everything after it.
-                    records[*i].detail = json!({"note": text.clone(), "forged": true});
+                    records[*i].body.detail = json!({"note": text.clone(), "forged": true});
                     for j in *i..records.len() {
                         if j > 0 { records[j].prev_hash = records[j - 1].hash.clone(); }
                         records[j].hash = records[j].compute_hash();

@@ -194,7 +194,7 @@ impl crate::ports::AuditLog for MemoryStore {
     async fn append(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
         let mut tables = self.tables()?;
         let chain = tables.audit.entry(entry.run_id.clone()).or_default();
-        if let Some(existing) = chain.iter().find(|record| record.key == entry.key) {
+        if let Some(existing) = chain.iter().find(|record| record.body.key == entry.key) {
             return Ok(existing.clone());
         }
         let head = chain.last().map(AuditRecord::head);
@@ -230,7 +230,7 @@ impl crate::ports::AuditLog for MemoryStore {
             .audit
             .values()
             .flatten()
-            .filter(|record| record.subject == subject)
+            .filter(|record| record.body.subject == subject)
             .cloned()
             .collect())
     }

@@ -253,7 +253,7 @@ fn execute(
         ),
         Command::TaskOutcomes(run_id, reply) => answer(reply, task_outcomes(transaction, &run_id)),
         Command::Append(sealed, body, reply) => {
-            let run_id = sealed.entry.run_id.clone();
+            let run_id = sealed.body.run_id.clone();
             let before = heads.get(&run_id).cloned();
             let result = guarded(transaction, |tx| append(tx, heads, *sealed, &body));
             if result.is_err() {
@@ -268,7 +268,7 @@ fn execute(
         Command::AppendBatch(batch, reply) => {
             let runs: Vec<String> = batch
                 .iter()
-                .map(|(sealed, _)| sealed.entry.run_id.clone())
+                .map(|(sealed, _)| sealed.body.run_id.clone())
                 .collect();
             let before: Vec<Option<ChainHead>> =
                 runs.iter().map(|run| heads.get(run).cloned()).collect();
@@ -628,12 +628,12 @@ fn parse_record(row: AuditRow) -> Result<AuditRecord, StoreError> {
             err,
         )
     })?;
-    Ok(AuditRecord::from_parts(
+    Ok(AuditRecord {
         body,
-        row.seq,
-        row.prev_hash,
-        row.hash,
-    ))
+        seq: row.seq,
+        prev_hash: row.prev_hash,
+        hash: row.hash,
+    })
 }
 
 fn append(
@@ -642,7 +642,7 @@ fn append(
     sealed: SealedEntry,
     body: &str,
 ) -> Result<AuditRecord, StoreError> {
-    let entry = &sealed.entry;
+    let entry = &sealed.body;
     let existing = tx
         .prepare_cached(&format!(
             "SELECT {AUDIT_COLUMNS} FROM audit WHERE run_id = ?1 AND key = ?2"
@@ -666,10 +666,10 @@ fn append(
     )
     .and_then(|mut statement| {
         statement.execute(params![
-            record.run_id,
+            record.body.run_id,
             record.seq,
-            record.key,
-            record.subject,
+            record.body.key,
+            record.body.subject,
             body,
             record.prev_hash,
             record.hash
@@ -680,9 +680,11 @@ fn append(
         "INSERT INTO audit_heads (run_id, seq, hash) VALUES (?1, ?2, ?3)
          ON CONFLICT (run_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
     )
-    .and_then(|mut statement| statement.execute(params![record.run_id, record.seq, record.hash]))
+    .and_then(|mut statement| {
+        statement.execute(params![record.body.run_id, record.seq, record.hash])
+    })
     .map_err(backend)?;
-    heads.insert(record.run_id.clone(), record.head());
+    heads.insert(record.body.run_id.clone(), record.head());
     Ok(record)
 }
 
@@ -807,7 +809,7 @@ impl AuditLog for SqliteStore {
     async fn append(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
         // Hashing and encoding happen here, on the caller's thread; the writer only links.
         let sealed = entry.seal(Utc::now());
-        let body = serde_json::to_string(&sealed.body()).map_err(backend)?;
+        let body = serde_json::to_string(&sealed.body).map_err(backend)?;
         let sealed = Box::new(sealed);
         self.ask(|reply| Command::Append(sealed, body, reply)).await
     }
@@ -818,7 +820,7 @@ impl AuditLog for SqliteStore {
             .into_iter()
             .map(|entry| {
                 let sealed = entry.seal(now);
-                let body = serde_json::to_string(&sealed.body()).map_err(backend)?;
+                let body = serde_json::to_string(&sealed.body).map_err(backend)?;
                 Ok((sealed, body))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;

@@ -151,8 +151,11 @@ async fn throttling_is_retried_and_refusals_and_lies_are_escalated() {
     );
     let records = rig.store.records(&report.run_id).await.unwrap();
     let summary = records.last().unwrap();
-    assert_eq!(summary.detail["status"], "escalated");
-    assert_eq!(summary.detail["escalations"].as_array().unwrap().len(), 2);
+    assert_eq!(summary.body.detail["status"], "escalated");
+    assert_eq!(
+        summary.body.detail["escalations"].as_array().unwrap().len(),
+        2
+    );
 }
 
 #[tokio::test]
