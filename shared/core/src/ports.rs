@@ -65,6 +65,16 @@ impl RunStatus {
         .find(|status| status.as_str() == name)
     }
 
+    /// Whether a run in this state has work at `now`: an interrupted running one, or a
+    /// waiting one whose next stage came due.
+    pub fn is_due(self, wake_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+        match self {
+            RunStatus::Running => true,
+            RunStatus::Waiting => wake_at.is_none_or(|at| at <= now),
+            _ => false,
+        }
+    }
+
     pub fn is_finished(self) -> bool {
         !matches!(self, RunStatus::Running | RunStatus::Waiting)
     }

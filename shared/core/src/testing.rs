@@ -129,16 +129,11 @@ impl RunStore for MemoryStore {
     }
 
     async fn due_runs(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
-        use crate::ports::RunStatus;
         Ok(self
             .tables()?
             .runs
             .values()
-            .filter(|run| match run.status {
-                RunStatus::Running => true,
-                RunStatus::Waiting => run.wake_at.is_none_or(|at| at <= now),
-                _ => false,
-            })
+            .filter(|run| run.status.is_due(run.wake_at, now))
             .map(|run| run.run_id.clone())
             .collect())
     }

@@ -491,10 +491,9 @@ fn due_runs(tx: &Transaction<'_>, now: DateTime<Utc>) -> Result<Vec<String>, Sto
     for row in rows {
         let (run_id, status, wake_at) = row.map_err(backend)?;
         let wake_at = wake_at
-            .map(|at| DateTime::parse_from_rfc3339(&at).map(|at| at.with_timezone(&Utc)))
-            .transpose()
-            .map_err(|err| corrupt("runs.wake_at", err))?;
-        if status == "running" || wake_at.is_none_or(|at| at <= now) {
+            .map(|at| parse_time("runs.wake_at", &at))
+            .transpose()?;
+        if parse_status(&status)?.is_due(wake_at, now) {
             due.push(run_id);
         }
     }
