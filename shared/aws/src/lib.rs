@@ -1,0 +1,1 @@
+//! deprov-aws
