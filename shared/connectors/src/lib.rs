@@ -7,11 +7,13 @@ use deprov_core::policy::SystemConfig;
 use deprov_core::ports::SecretSource;
 use deprov_core::{Connector, ConnectorError};
 
+pub(crate) mod http;
 pub mod memory;
+pub mod okta;
 pub mod scim;
 
 /// The connector kinds a policy may name.
-pub const KINDS: &[&str] = &["scim"];
+pub const KINDS: &[&str] = &["scim", "okta"];
 
 /// Builds the connector of one policy system. Secrets are resolved lazily, at first use.
 pub fn build(
@@ -23,6 +25,9 @@ pub fn build(
         "scim" => Ok(Arc::new(scim::ScimConnector::from_config(
             system, config, secrets,
         )?)),
+        "okta" => Ok(Arc::new(okta::OktaConnector::from_config(
+            system, config, secrets,
+        )?)),
         other => Err(unknown_kind(system, other)),
     }
 }
@@ -31,6 +36,7 @@ pub fn build(
 pub fn check(system: &str, config: &SystemConfig) -> Vec<String> {
     match config.kind.as_str() {
         "scim" => scim::ScimConnector::check_config(system, config),
+        "okta" => okta::OktaConnector::check_config(system, config),
         other => vec![unknown_kind(system, other).to_string()],
     }
 }

@@ -1,24 +1,24 @@
 //! HTTP plumbing of the SCIM connector: the bearer token (fetched lazily through the
-//! `SecretSource`, cached for five minutes, never logged), bounded reads of response
-//! bodies, and the mapping of HTTP outcomes onto `ConnectorError`.
+//! `SecretSource`, cached for five minutes, never logged) and the SCIM reading of error
+//! bodies. Bounded reads, transport errors, `Retry-After` and the status mapping are the
+//! shared ones of [`crate::http`].
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deprov_core::ports::{SecretError, SecretSource};
 use deprov_core::ConnectorError;
-use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, ETAG, IF_MATCH, RETRY_AFTER};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, ETAG, IF_MATCH, RETRY_AFTER};
 use reqwest::{Method, Url};
 use serde_json::Value;
 
-/// The most of a response body the connector reads.
-pub(crate) const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) use crate::http::describe;
+use crate::http::{self, parse_retry_after, redact, snippet, TokenCache};
+
 /// How long a fetched bearer token is reused before the secret is read again.
 const TOKEN_TTL: Duration = Duration::from_secs(300);
 const SCIM_JSON: &str = "application/scim+json";
-/// The longest server `detail` quoted in an error message.
-const MAX_DETAIL_CHARS: usize = 300;
 
 /// A response the caller wants to look at (2xx, or a status it asked to see).
 #[derive(Debug)]
@@ -40,11 +40,6 @@ pub(crate) struct ErrorContext<'a> {
     pub request: &'a str,
 }
 
-struct CachedToken {
-    value: String,
-    fetched: Instant,
-}
-
 pub(crate) struct Http {
     system: String,
     base: Url,
@@ -52,7 +47,7 @@ pub(crate) struct Http {
     secrets: Arc<dyn SecretSource>,
     secret_name: String,
     token_field: String,
-    token: tokio::sync::Mutex<Option<CachedToken>>,
+    token: TokenCache,
 }
 
 impl Http {
@@ -65,69 +60,39 @@ impl Http {
         secret_name: &str,
         token_field: &str,
     ) -> Result<Http, ConnectorError> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .timeout(timeout)
-            .pool_max_idle_per_host(max_idle)
-            .user_agent(concat!("deprov/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|err| {
-                ConnectorError::InvalidConfig(format!(
-                    "system \"{system}\": cannot build the HTTP client: {err}"
-                ))
-            })?;
         Ok(Http {
             system: system.to_string(),
             base,
-            client,
+            client: http::client(system, timeout, max_idle)?,
             secrets,
             secret_name: secret_name.to_string(),
             token_field: token_field.to_string(),
-            token: tokio::sync::Mutex::new(None),
+            token: TokenCache::default(),
         })
-    }
-
-    fn url(&self, segments: &[&str]) -> Url {
-        let mut url = self.base.clone();
-        if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty();
-            path.extend(segments);
-        }
-        url
     }
 
     /// The bearer token, from the cache while it is fresh.
     async fn bearer(&self) -> Result<String, ConnectorError> {
-        let mut cached = self.token.lock().await;
-        if let Some(token) = cached.as_ref() {
-            if token.fetched.elapsed() < TOKEN_TTL {
-                return Ok(token.value.clone());
-            }
-        }
-        let secret = self
-            .secrets
-            .secret(&self.secret_name)
+        self.token
+            .get(|| async {
+                let secret = self
+                    .secrets
+                    .secret(&self.secret_name)
+                    .await
+                    .map_err(|err| secret_error(&self.system, &err))?;
+                let value = secret
+                    .field(&self.token_field)
+                    .map_err(|err| secret_error(&self.system, &err))?
+                    .to_string();
+                if value.trim().is_empty() {
+                    return Err(ConnectorError::InvalidConfig(format!(
+                        "system \"{}\": field \"{}\" of secret \"{}\" is empty; store the SCIM bearer token there",
+                        self.system, self.token_field, self.secret_name
+                    )));
+                }
+                Ok((value, TOKEN_TTL))
+            })
             .await
-            .map_err(|err| secret_error(&self.system, &err))?;
-        let value = secret
-            .field(&self.token_field)
-            .map_err(|err| secret_error(&self.system, &err))?
-            .to_string();
-        if value.trim().is_empty() {
-            return Err(ConnectorError::InvalidConfig(format!(
-                "system \"{}\": field \"{}\" of secret \"{}\" is empty; store the SCIM bearer token there",
-                self.system, self.token_field, self.secret_name
-            )));
-        }
-        *cached = Some(CachedToken {
-            value: value.clone(),
-            fetched: Instant::now(),
-        });
-        Ok(value)
-    }
-
-    async fn forget_token(&self) {
-        *self.token.lock().await = None;
     }
 
     /// Sends one request. 2xx and the statuses in `pass` come back as a `Reply`; every
@@ -145,7 +110,7 @@ impl Http {
         let token = self.bearer().await?;
         let mut builder = self
             .client
-            .request(method.clone(), self.url(segments))
+            .request(method.clone(), http::join(&self.base, segments))
             .bearer_auth(&token)
             .header(ACCEPT, format!("{SCIM_JSON}, application/json"));
         if !query.is_empty() {
@@ -161,40 +126,23 @@ impl Http {
             builder = builder.header(IF_MATCH, version);
         }
         tracing::debug!(system = %self.system, %request, if_match = if_match.is_some(), "scim request");
-        let response = builder
-            .send()
+        let ok = |status: u16| (200..300).contains(&status) || pass.contains(&status);
+        let raw = http::exchange(builder, &self.system, &request, ok)
             .await
-            .map_err(|err| transport_error(&self.system, &request, &err))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let bytes = read_bounded(response, &self.system, &request).await?;
-        tracing::debug!(system = %self.system, %request, status, bytes = bytes.len(), "scim response");
-        let ok = (200..300).contains(&status) || pass.contains(&status);
-        let body = if bytes.iter().all(u8::is_ascii_whitespace) {
-            Value::Null
-        } else {
-            match serde_json::from_slice::<Value>(&bytes) {
-                Ok(value) => value,
-                Err(_) if !ok => Value::String(snippet(&String::from_utf8_lossy(&bytes))),
-                Err(err) => {
-                    return Err(ConnectorError::Permanent(format!(
-                        "system \"{}\": {request} answered HTTP {status} with a body that is not JSON ({err})",
-                        self.system
-                    )))
-                }
-            }
-        };
-        if ok {
-            let version = header_str(&headers, ETAG.as_str())
-                .or_else(|| body["meta"]["version"].as_str().map(str::to_string));
+            .map_err(|err| redact(err, &token))?;
+        let status = raw.status;
+        if ok(status) {
+            let version = raw
+                .header(ETAG.as_str())
+                .or_else(|| raw.body["meta"]["version"].as_str().map(str::to_string));
             return Ok(Reply {
                 status,
                 version,
-                body,
+                body: raw.body,
             });
         }
         if status == 401 || status == 403 {
-            self.forget_token().await;
+            self.token.forget().await;
         }
         let context = ErrorContext {
             system: &self.system,
@@ -202,119 +150,22 @@ impl Http {
             token_field: &self.token_field,
             request: &request,
         };
-        let retry_after = header_str(&headers, RETRY_AFTER.as_str());
-        let err = status_error(&context, status, retry_after.as_deref(), &body, Utc::now());
+        let retry_after = raw.header(RETRY_AFTER.as_str());
+        let err = status_error(
+            &context,
+            status,
+            retry_after.as_deref(),
+            &raw.body,
+            Utc::now(),
+        );
         Err(redact(err, &token))
     }
-}
-
-/// `GET /Users/42`: how requests are named in errors, logs and evidence.
-pub(crate) fn describe(method: &Method, segments: &[&str]) -> String {
-    format!("{method} /{}", segments.join("/"))
-}
-
-fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get(name)
-        .and_then(|value| value.to_str().ok())
-        .map(|value| value.trim().to_string())
-        .filter(|value| !value.is_empty())
-}
-
-async fn read_bounded(
-    mut response: reqwest::Response,
-    system: &str,
-    request: &str,
-) -> Result<Vec<u8>, ConnectorError> {
-    let too_large = || {
-        ConnectorError::Permanent(format!(
-            "system \"{system}\": the answer to {request} is larger than {} MiB; refusing to read it",
-            MAX_BODY_BYTES / (1024 * 1024)
-        ))
-    };
-    if response
-        .content_length()
-        .is_some_and(|len| len > MAX_BODY_BYTES as u64)
-    {
-        return Err(too_large());
-    }
-    let mut bytes = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|err| transport_error(system, request, &err))?
-    {
-        if bytes.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(too_large());
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    Ok(bytes)
-}
-
-fn transport_error(system: &str, request: &str, err: &reqwest::Error) -> ConnectorError {
-    let what = if err.is_timeout() {
-        "timed out"
-    } else if err.is_connect() {
-        "could not connect"
-    } else {
-        "failed"
-    };
-    // The URL carries no secret (userinfo is refused in base_url); the error chain names
-    // the cause (DNS, TLS, reset).
-    let mut cause = String::new();
-    let mut source = std::error::Error::source(err);
-    while let Some(inner) = source {
-        cause = format!(": {inner}");
-        source = inner.source();
-    }
-    ConnectorError::Transient(format!("system \"{system}\": {request} {what}{cause}"))
 }
 
 /// The error of a secret the connector could not read. The message names the secret and
 /// the field (never a value).
 pub(crate) fn secret_error(system: &str, err: &SecretError) -> ConnectorError {
-    match err {
-        SecretError::NotFound(_) | SecretError::MissingField { .. } => {
-            ConnectorError::InvalidConfig(format!(
-                "system \"{system}\" cannot get its SCIM bearer token: {err}"
-            ))
-        }
-        SecretError::Unreadable { .. } => ConnectorError::Transient(format!(
-            "system \"{system}\" cannot get its SCIM bearer token: {err}"
-        )),
-    }
-}
-
-/// Replaces any occurrence of the token in an error message (a server echoing it back).
-fn redact(err: ConnectorError, token: &str) -> ConnectorError {
-    if token.len() < 4 {
-        return err;
-    }
-    let clean = |message: String| message.replace(token, "[redacted]");
-    match err {
-        ConnectorError::Throttled {
-            retry_after,
-            message,
-        } => ConnectorError::Throttled {
-            retry_after,
-            message: clean(message),
-        },
-        ConnectorError::Transient(m) => ConnectorError::Transient(clean(m)),
-        ConnectorError::Permanent(m) => ConnectorError::Permanent(clean(m)),
-        ConnectorError::Unauthorized(m) => ConnectorError::Unauthorized(clean(m)),
-        ConnectorError::NotFound(m) => ConnectorError::NotFound(clean(m)),
-        ConnectorError::Unsupported(m) => ConnectorError::Unsupported(clean(m)),
-        ConnectorError::InvalidConfig(m) => ConnectorError::InvalidConfig(clean(m)),
-    }
-}
-
-fn snippet(text: &str) -> String {
-    let text = text.trim();
-    match text.char_indices().nth(MAX_DETAIL_CHARS) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_string(),
-    }
+    http::secret_error(system, "its SCIM bearer token", err)
 }
 
 /// The SCIM error's `scimType` and `detail` (RFC 7644 §3.12).
@@ -357,36 +208,8 @@ pub(crate) fn status_error(
             "the SCIM server of system \"{system}\" refused {request} with the bearer token from secret \"{secret}\" field \"{token_field}\" (HTTP 403{}); rotate that secret or grant its client the right to manage users and groups",
             plain.map(|text| format!(": {text}")).unwrap_or_default()
         )),
-        429 => ConnectorError::Throttled {
-            retry_after: delay,
-            message: answered,
-        },
-        503 if delay.is_some() => ConnectorError::Throttled {
-            retry_after: delay,
-            message: answered,
-        },
-        412 => ConnectorError::Transient(format!(
-            "{answered}: the resource changed since it was read; the next attempt reads it again"
-        )),
-        404 => ConnectorError::NotFound(answered),
-        408 => ConnectorError::Transient(answered),
-        // Not implemented will not start working on a retry.
-        501 => ConnectorError::Permanent(answered),
-        500..=599 => ConnectorError::Transient(answered),
-        _ => ConnectorError::Permanent(answered),
+        _ => http::status_kind(status, delay, answered),
     }
-}
-
-/// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3); a date in the past
-/// means "now".
-pub(crate) fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let date = DateTime::parse_from_rfc2822(value).ok()?;
-    let delay = date.with_timezone(&Utc) - now;
-    Some(delay.to_std().unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -407,25 +230,6 @@ mod tests {
         DateTime::parse_from_rfc3339("2026-11-25T12:00:00Z")
             .map(|d| d.with_timezone(&Utc))
             .unwrap_or_default()
-    }
-
-    #[test]
-    fn retry_after_seconds_and_dates() {
-        assert_eq!(
-            parse_retry_after("120", now()),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(parse_retry_after(" 0 ", now()), Some(Duration::ZERO));
-        assert_eq!(
-            parse_retry_after("Wed, 25 Nov 2026 12:00:30 GMT", now()),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 25 Nov 2026 11:00:00 GMT", now()),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon", now()), None);
-        assert_eq!(parse_retry_after("-5", now()), None);
     }
 
     #[test]
@@ -495,15 +299,6 @@ mod tests {
         let long = Value::String("x".repeat(1000));
         let err = status_error(&ctx(), 409, None, &long, now()).to_string();
         assert!(err.len() < 500, "{err}");
-    }
-
-    #[test]
-    fn redaction_removes_an_echoed_token() {
-        let err = ConnectorError::Permanent("bad token s3cr3t-value here".into());
-        assert_eq!(
-            redact(err, "s3cr3t-value"),
-            ConnectorError::Permanent("bad token [redacted] here".into())
-        );
     }
 
     #[test]

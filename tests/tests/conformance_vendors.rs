@@ -1,0 +1,84 @@
+//! The SaaS connectors against the conformance suite, each on its vendor-faithful mock
+//! (`deprov_tests::vendors`), storms included.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use deprov_core::plan::StageKind;
+use deprov_core::policy::SystemConfig;
+use deprov_core::ports::SecretSource;
+use deprov_core::testing::MemorySecrets;
+use deprov_core::{Account, PersonQuery};
+use deprov_tests::conformance::{check_all, ConformanceTarget};
+use deprov_tests::vendors::okta::OktaMock;
+
+fn config(value: serde_json::Value) -> SystemConfig {
+    serde_json::from_value(value).unwrap_or_else(|err| panic!("{err}"))
+}
+
+const OKTA_SECRET: &str = "deprov/connector/okta";
+const OKTA_WRONG: &str = "00wrong-okta-token-0123";
+
+struct Okta {
+    mock: OktaMock,
+}
+
+#[async_trait]
+impl ConformanceTarget for Okta {
+    fn system(&self) -> (String, SystemConfig) {
+        (
+            "okta".into(),
+            config(serde_json::json!({
+                "kind": "okta",
+                "secret": OKTA_SECRET,
+                "connection": {"base_url": self.mock.base_url(), "page_size": 2},
+            })),
+        )
+    }
+    fn secrets(&self) -> Arc<dyn SecretSource> {
+        Arc::new(MemorySecrets::default().with(OKTA_SECRET, "token", &self.mock.token))
+    }
+    fn secret_values(&self) -> Vec<String> {
+        vec![self.mock.token.clone(), OKTA_WRONG.into()]
+    }
+    fn wrong_secrets(&self) -> Arc<dyn SecretSource> {
+        Arc::new(MemorySecrets::default().with(OKTA_SECRET, "token", OKTA_WRONG))
+    }
+    async fn seed_person(&self, tag: &str) -> PersonQuery {
+        let email = format!("conf-{tag}@example.com");
+        let id = self.mock.add_user(&email, &email);
+        self.mock.add_group(&format!("group-{tag}"), &[&id]);
+        PersonQuery {
+            person_id: format!("P-{tag}"),
+            email,
+            username: None,
+        }
+    }
+    async fn remove_account(&self, account: &Account) {
+        self.mock.remove_user(&account.id);
+    }
+    fn throttle_next(&self, n: u32) -> bool {
+        self.mock.throttle_next(n);
+        true
+    }
+    fn fail_next(&self, n: u32) -> bool {
+        self.mock.fail_next(n);
+        true
+    }
+    fn stages(&self) -> Vec<StageKind> {
+        vec![
+            StageKind::Sessions,
+            StageKind::Disable,
+            StageKind::Entitlements,
+            StageKind::Delete,
+        ]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn okta_conforms() {
+    let target = Okta {
+        mock: OktaMock::start("00okta-conformance-token-42").await,
+    };
+    check_all(&target).await;
+}
