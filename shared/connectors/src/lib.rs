@@ -9,11 +9,12 @@ use deprov_core::{Connector, ConnectorError};
 
 pub(crate) mod http;
 pub mod memory;
+pub mod msgraph;
 pub mod okta;
 pub mod scim;
 
 /// The connector kinds a policy may name.
-pub const KINDS: &[&str] = &["scim", "okta"];
+pub const KINDS: &[&str] = &["scim", "okta", "msgraph"];
 
 /// Builds the connector of one policy system. Secrets are resolved lazily, at first use.
 pub fn build(
@@ -28,6 +29,9 @@ pub fn build(
         "okta" => Ok(Arc::new(okta::OktaConnector::from_config(
             system, config, secrets,
         )?)),
+        "msgraph" => Ok(Arc::new(msgraph::GraphConnector::from_config(
+            system, config, secrets,
+        )?)),
         other => Err(unknown_kind(system, other)),
     }
 }
@@ -37,6 +41,7 @@ pub fn check(system: &str, config: &SystemConfig) -> Vec<String> {
     match config.kind.as_str() {
         "scim" => scim::ScimConnector::check_config(system, config),
         "okta" => okta::OktaConnector::check_config(system, config),
+        "msgraph" => msgraph::GraphConnector::check_config(system, config),
         other => vec![unknown_kind(system, other).to_string()],
     }
 }
