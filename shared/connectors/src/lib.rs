@@ -11,10 +11,11 @@ pub(crate) mod http;
 pub mod memory;
 pub mod msgraph;
 pub mod okta;
+pub mod postgres;
 pub mod scim;
 
 /// The connector kinds a policy may name.
-pub const KINDS: &[&str] = &["scim", "okta", "msgraph"];
+pub const KINDS: &[&str] = &["scim", "okta", "msgraph", "postgres"];
 
 /// Builds the connector of one policy system. Secrets are resolved lazily, at first use.
 pub fn build(
@@ -32,6 +33,9 @@ pub fn build(
         "msgraph" => Ok(Arc::new(msgraph::GraphConnector::from_config(
             system, config, secrets,
         )?)),
+        "postgres" => Ok(Arc::new(postgres::PostgresConnector::from_config(
+            system, config, secrets,
+        )?)),
         other => Err(unknown_kind(system, other)),
     }
 }
@@ -42,6 +46,7 @@ pub fn check(system: &str, config: &SystemConfig) -> Vec<String> {
         "scim" => scim::ScimConnector::check_config(system, config),
         "okta" => okta::OktaConnector::check_config(system, config),
         "msgraph" => msgraph::GraphConnector::check_config(system, config),
+        "postgres" => postgres::PostgresConnector::check_config(system, config),
         other => vec![unknown_kind(system, other).to_string()],
     }
 }
