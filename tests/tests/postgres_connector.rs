@@ -463,6 +463,31 @@ async fn list_accounts_reads_login_roles_and_last_activity() {
     );
     assert_eq!(with_activity[1].last_activity, None);
 
+    // Statements are bounded by timeout_secs (set on every connection).
+    let bounded = connector_with(
+        &pg,
+        json!({"timeout_secs": 1, "last_activity_query":
+            "SELECT 'bob', now() WHERE current_setting('statement_timeout') = '1s'"}),
+        &pg.admin_password,
+    )
+    .list_accounts()
+    .await
+    .expect("list");
+    assert!(
+        bounded[1].last_activity.is_some(),
+        "statement_timeout is 1s"
+    );
+    let err = connector_with(
+        &pg,
+        json!({"timeout_secs": 1, "last_activity_query": "SELECT 'bob', now() FROM pg_sleep(5)"}),
+        &pg.admin_password,
+    )
+    .list_accounts()
+    .await
+    .expect_err("cancelled by statement_timeout");
+    assert!(matches!(err, ConnectorError::Transient(_)), "{err}");
+    assert!(err.to_string().contains("57014"), "{err}");
+
     // The operator's query runs read-only.
     let err = connector_with(
         &pg,

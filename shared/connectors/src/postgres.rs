@@ -780,6 +780,8 @@ impl Connector for PostgresConnector {
         let span = tracing::debug_span!("postgres.apply", system = %self.system, task_id = %task.task_id, action = task.action.as_str());
         async {
             let role = task.account.id.as_str();
+            // A name no role can have is a bad task, whatever the action.
+            quote_ident(role)?;
             if matches!(
                 task.action,
                 Action::RevokeSessions | Action::Disable | Action::RemoveEntitlement | Action::Delete

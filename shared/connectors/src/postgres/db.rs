@@ -187,11 +187,7 @@ impl Pool {
             .dbname(database)
             .application_name("deprov")
             .ssl_mode(SslMode::Disable)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .options(format!(
-                "-c statement_timeout={millis} -c lock_timeout={millis} -c idle_in_transaction_session_timeout={}",
-                millis.saturating_mul(2)
-            ));
+            .connect_timeout(timeout.min(Duration::from_secs(10)));
         let server = self.endpoint.describe();
         let doing = format!("connecting to database \"{database}\"");
         let context = ErrorContext {
@@ -219,7 +215,7 @@ impl Pool {
                 tracing::debug!(system = %system, error = %err, "postgres connection ended");
             }
         });
-        Ok(Db {
+        let db = Db {
             client,
             system: self.system.clone(),
             server,
@@ -227,7 +223,18 @@ impl Pool {
             secret: self.secret_name.clone(),
             timeout: timeout + Duration::from_secs(5),
             _permit: permit,
-        })
+        };
+        // Set after connecting rather than as startup `options`, which connection poolers
+        // such as PgBouncer refuse.
+        db.batch(
+            "setting the session's timeouts",
+            &format!(
+                "SET statement_timeout = {millis}; SET lock_timeout = {millis}; SET idle_in_transaction_session_timeout = {}",
+                millis.saturating_mul(2)
+            ),
+        )
+        .await?;
+        Ok(db)
     }
 }
 
