@@ -12,6 +12,7 @@ use deprov_core::{Account, PersonQuery};
 use deprov_tests::conformance::{check_all, ConformanceTarget};
 use deprov_tests::vendors::msgraph::GraphMock;
 use deprov_tests::vendors::okta::OktaMock;
+use deprov_tests::vendors::slack::SlackMock;
 
 fn config(value: serde_json::Value) -> SystemConfig {
     serde_json::from_value(value).unwrap_or_else(|err| panic!("{err}"))
@@ -165,6 +166,68 @@ async fn msgraph_conforms() {
             "graph~conformance~secret~42",
         )
         .await,
+    };
+    check_all(&target).await;
+}
+
+const SLACK_SECRET: &str = "deprov/connector/slack";
+const SLACK_WRONG: &str = "xoxp-wrong-slack-token-0123";
+
+struct Slack {
+    mock: SlackMock,
+}
+
+#[async_trait]
+impl ConformanceTarget for Slack {
+    fn system(&self) -> (String, SystemConfig) {
+        (
+            "slack".into(),
+            config(serde_json::json!({
+                "kind": "slack",
+                "secret": SLACK_SECRET,
+                "connection": {"base_url": self.mock.base_url(), "page_size": 2},
+            })),
+        )
+    }
+    fn secrets(&self) -> Arc<dyn SecretSource> {
+        Arc::new(MemorySecrets::default().with(SLACK_SECRET, "token", &self.mock.token))
+    }
+    fn secret_values(&self) -> Vec<String> {
+        vec![self.mock.token.clone(), SLACK_WRONG.into()]
+    }
+    fn wrong_secrets(&self) -> Arc<dyn SecretSource> {
+        Arc::new(MemorySecrets::default().with(SLACK_SECRET, "token", SLACK_WRONG))
+    }
+    async fn seed_person(&self, tag: &str) -> PersonQuery {
+        let email = format!("conf-{tag}@example.com");
+        let id = self.mock.add_user(&format!("conf-{tag}"), &email);
+        self.mock.sign_in(&id);
+        PersonQuery {
+            person_id: format!("P-{tag}"),
+            email,
+            username: None,
+        }
+    }
+    async fn remove_account(&self, account: &Account) {
+        self.mock.remove_user(&account.id);
+    }
+    fn throttle_next(&self, n: u32) -> bool {
+        self.mock.throttle_next(n);
+        true
+    }
+    fn fail_next(&self, n: u32) -> bool {
+        self.mock.fail_next(n);
+        true
+    }
+    fn stages(&self) -> Vec<StageKind> {
+        vec![StageKind::Sessions, StageKind::Disable]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_conforms() {
+    let target = Slack {
+        mock: SlackMock::start("xoxp-slack-conformance-token-42").await,
     };
     check_all(&target).await;
 }

@@ -145,7 +145,9 @@ async fn every_action_applies_verifies_and_is_idempotent() {
         .as_str()
         .unwrap_or("")
         .contains("no API that lists"));
-    // A sign-in after the revocation: sessions are no longer known revoked.
+    // A sign-in after the revocation (lastLogin has millisecond precision): sessions are
+    // no longer known revoked.
+    tokio::time::sleep(Duration::from_millis(5)).await;
     mock.sign_in(&ada);
     let sessions = task(Action::RevokeSessions, &account, None);
     assert!(

@@ -8,15 +8,15 @@ use deprov_core::ports::SecretSource;
 use deprov_core::{Connector, ConnectorError};
 
 pub(crate) mod http;
-pub mod ldap;
 pub mod memory;
 pub mod msgraph;
 pub mod okta;
 pub mod postgres;
 pub mod scim;
+pub mod slack;
 
 /// The connector kinds a policy may name.
-pub const KINDS: &[&str] = &["scim", "okta", "msgraph", "postgres", "ldap"];
+pub const KINDS: &[&str] = &["scim", "okta", "msgraph", "postgres", "slack"];
 
 /// Builds the connector of one policy system. Secrets are resolved lazily, at first use.
 pub fn build(
@@ -37,7 +37,7 @@ pub fn build(
         "postgres" => Ok(Arc::new(postgres::PostgresConnector::from_config(
             system, config, secrets,
         )?)),
-        "ldap" => Ok(Arc::new(ldap::LdapConnector::from_config(
+        "slack" => Ok(Arc::new(slack::SlackConnector::from_config(
             system, config, secrets,
         )?)),
         other => Err(unknown_kind(system, other)),
@@ -51,7 +51,7 @@ pub fn check(system: &str, config: &SystemConfig) -> Vec<String> {
         "okta" => okta::OktaConnector::check_config(system, config),
         "msgraph" => msgraph::GraphConnector::check_config(system, config),
         "postgres" => postgres::PostgresConnector::check_config(system, config),
-        "ldap" => ldap::LdapConnector::check_config(system, config),
+        "slack" => slack::SlackConnector::check_config(system, config),
         other => vec![unknown_kind(system, other).to_string()],
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod msgraph;
 pub mod okta;
+pub mod slack;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
