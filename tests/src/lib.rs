@@ -3,6 +3,7 @@
 //! Each test starts its own server on a free loopback port, so tests run in parallel.
 
 pub mod conformance;
+pub mod slapd;
 pub mod postgres;
 pub mod vendors;
 

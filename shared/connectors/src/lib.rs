@@ -8,6 +8,7 @@ use deprov_core::ports::SecretSource;
 use deprov_core::{Connector, ConnectorError};
 
 pub(crate) mod http;
+pub mod ldap;
 pub mod memory;
 pub mod msgraph;
 pub mod okta;
@@ -16,7 +17,7 @@ pub mod scim;
 pub mod slack;
 
 /// The connector kinds a policy may name.
-pub const KINDS: &[&str] = &["scim", "okta", "msgraph", "postgres", "slack"];
+pub const KINDS: &[&str] = &["scim", "okta", "msgraph", "postgres", "ldap", "slack"];
 
 /// Builds the connector of one policy system. Secrets are resolved lazily, at first use.
 pub fn build(
@@ -37,6 +38,9 @@ pub fn build(
         "postgres" => Ok(Arc::new(postgres::PostgresConnector::from_config(
             system, config, secrets,
         )?)),
+        "ldap" => Ok(Arc::new(ldap::LdapConnector::from_config(
+            system, config, secrets,
+        )?)),
         "slack" => Ok(Arc::new(slack::SlackConnector::from_config(
             system, config, secrets,
         )?)),
@@ -51,6 +55,7 @@ pub fn check(system: &str, config: &SystemConfig) -> Vec<String> {
         "okta" => okta::OktaConnector::check_config(system, config),
         "msgraph" => msgraph::GraphConnector::check_config(system, config),
         "postgres" => postgres::PostgresConnector::check_config(system, config),
+        "ldap" => ldap::LdapConnector::check_config(system, config),
         "slack" => slack::SlackConnector::check_config(system, config),
         other => vec![unknown_kind(system, other).to_string()],
     }
