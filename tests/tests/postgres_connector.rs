@@ -426,6 +426,16 @@ async fn the_admin_role_itself_is_never_touched() {
         pg.role(&pg.admin_user).await.map(|r| r.can_login),
         Some(true)
     );
+    let err = connector
+        .apply(&task(Action::RevokeSessions, "pg_monitor", None))
+        .await
+        .expect_err("reserved");
+    assert!(err.to_string().contains("reserved"), "{err}");
+    assert!(connector
+        .discover(&person("pg_monitor"))
+        .await
+        .expect("discover")
+        .is_empty());
 }
 
 #[tokio::test]

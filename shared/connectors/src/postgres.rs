@@ -15,7 +15,7 @@
 //! `AlreadyDone`. Names are only ever sent as bound parameters or as double-quoted
 //! identifiers with `"` doubled; a name PostgreSQL cannot hold (empty, NUL, over 63 bytes,
 //! which the server would silently truncate) is refused. The connector never acts on the role
-//! it logs in as or on the `reassign_owned_to` role.
+//! it logs in as, on the `reassign_owned_to` role, or on PostgreSQL's reserved `pg_*` roles.
 //!
 //! Connections: one per call, at most `concurrency` at once per system, with a connect
 //! timeout and server-side `statement_timeout` / `lock_timeout` of `timeout_secs`. The
@@ -455,7 +455,9 @@ impl PostgresConnector {
     /// deleted roles own.
     async fn guard(&self, role: &str, action: Action) -> Result<(), ConnectorError> {
         let admin = self.pool.admin_user().await?;
-        let why = if role == admin {
+        let why = if role.starts_with("pg_") {
+            Some("names starting with pg_ are PostgreSQL's reserved roles".to_string())
+        } else if role == admin {
             Some(format!(
                 "it is the role deprov logs in as (secret \"{}\")",
                 self.settings.secret
@@ -759,8 +761,8 @@ impl Connector for PostgresConnector {
             };
             let role = self.settings.role_name(username);
             let db = self.maintenance().await?;
-            if identifier_problem(&role).is_some() {
-                // No role can have this name (the login above still had to work).
+            if identifier_problem(&role).is_some() || role.starts_with("pg_") {
+                // No person's role can have this name (the login above still had to work).
                 return Ok(Vec::new());
             }
             let accounts: Vec<Account> = self
