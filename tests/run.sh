@@ -19,14 +19,17 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 venv="${DEPROV_VENV:-$HOME/.cache/deprov-venv}"
-scim2_version="0.8.3"
-if ! "$venv/bin/scim2-server" --help >/dev/null 2>&1 \
-   || ! "$venv/bin/pip" show scim2-server 2>/dev/null | grep -q "^Version: $scim2_version\$"; then
-  echo "== installing scim2-server $scim2_version into $venv"
+# Python tools the tests start: a real SCIM 2.0 server and the AWS emulator.
+python_tools=("scim2-server==0.8.3" "moto[server]==5.1.22")
+if ! "$venv/bin/pip" freeze 2>/dev/null | grep -qx "scim2-server==0.8.3" \
+   || ! "$venv/bin/pip" freeze 2>/dev/null | grep -qx "moto==5.1.22" \
+   || ! "$venv/bin/python" -c "import flask, flask_cors" 2>/dev/null; then
+  echo "== installing ${python_tools[*]} into $venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "scim2-server==$scim2_version"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "${python_tools[@]}"
 fi
 export DEPROV_SCIM2_SERVER="$venv/bin/scim2-server"
+export DEPROV_MOTO_SERVER="$venv/bin/moto_server"
 
 # A target directory outside the clone, reused between runs.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/deprov-target}"
