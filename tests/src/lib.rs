@@ -3,8 +3,8 @@
 //! Each test starts its own server on a free loopback port, so tests run in parallel.
 
 pub mod conformance;
-pub mod slapd;
 pub mod postgres;
+pub mod slapd;
 pub mod vendors;
 
 use std::io::Read;
