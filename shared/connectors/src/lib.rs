@@ -7,6 +7,7 @@ use deprov_core::policy::SystemConfig;
 use deprov_core::ports::SecretSource;
 use deprov_core::{Connector, ConnectorError};
 
+pub mod google;
 pub(crate) mod http;
 pub mod ldap;
 pub mod memory;
@@ -17,7 +18,9 @@ pub mod scim;
 pub mod slack;
 
 /// The connector kinds a policy may name.
-pub const KINDS: &[&str] = &["scim", "okta", "msgraph", "postgres", "ldap", "slack"];
+pub const KINDS: &[&str] = &[
+    "scim", "okta", "msgraph", "postgres", "ldap", "slack", "google",
+];
 
 /// Builds the connector of one policy system. Secrets are resolved lazily, at first use.
 pub fn build(
@@ -44,6 +47,9 @@ pub fn build(
         "slack" => Ok(Arc::new(slack::SlackConnector::from_config(
             system, config, secrets,
         )?)),
+        "google" => Ok(Arc::new(google::GoogleConnector::from_config(
+            system, config, secrets,
+        )?)),
         other => Err(unknown_kind(system, other)),
     }
 }
@@ -57,6 +63,7 @@ pub fn check(system: &str, config: &SystemConfig) -> Vec<String> {
         "postgres" => postgres::PostgresConnector::check_config(system, config),
         "ldap" => ldap::LdapConnector::check_config(system, config),
         "slack" => slack::SlackConnector::check_config(system, config),
+        "google" => google::GoogleConnector::check_config(system, config),
         other => vec![unknown_kind(system, other).to_string()],
     }
 }
