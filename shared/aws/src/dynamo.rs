@@ -14,6 +14,7 @@
 //! recorded once.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
@@ -451,7 +452,14 @@ pub struct DynamoAuditLog {
     client: Client,
     audit_table: String,
     runs_table: String,
+    /// Appends to one run from this process take turns (striped by run id), so they do not
+    /// race each other through DynamoDB; the conditional transaction still guards against
+    /// other processes.
+    stripes: Arc<[tokio::sync::Mutex<()>; APPEND_STRIPES]>,
 }
+
+/// How many runs may append at once in one process without waiting on each other's stripe.
+const APPEND_STRIPES: usize = 64;
 
 impl DynamoAuditLog {
     pub fn new(
@@ -463,7 +471,15 @@ impl DynamoAuditLog {
             client,
             audit_table: audit_table.into(),
             runs_table: runs_table.into(),
+            stripes: Arc::new(std::array::from_fn(|_| tokio::sync::Mutex::new(()))),
         }
+    }
+
+    fn stripe(&self, run_id: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        run_id.hash(&mut hasher);
+        &self.stripes[(hasher.finish() % APPEND_STRIPES as u64) as usize]
     }
 
     async fn runs_item(&self, pk: String, sk: String) -> Result<Option<Item>, StoreError> {
@@ -552,6 +568,7 @@ impl AuditLog for DynamoAuditLog {
             serde_json::to_string(&sealed.body).map_err(|err| backend("encode audit body", err))?;
         let run_id = sealed.body.run_id.clone();
         let key_sk = format!("KEY#{}", sealed.body.key);
+        let _turn = self.stripe(&run_id).lock().await;
         for _ in 0..MAX_APPEND_RACES {
             if let Some(marker) = self.runs_item(audit_pk(&run_id), key_sk.clone()).await? {
                 return self.record_at(&run_id, number(&marker, "seq")?).await;
