@@ -1,5 +1,5 @@
-//! The Google Workspace connector against the conformance suite, on its vendor-faithful
-//! mock (`deprov_tests::vendors::google`), storms included.
+//! The Google Workspace and GitHub connectors against the conformance suite, each on its
+//! vendor-faithful mock (`deprov_tests::vendors::{google, github}`), storms included.
 
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use deprov_core::ports::SecretSource;
 use deprov_core::testing::MemorySecrets;
 use deprov_core::{Account, PersonQuery};
 use deprov_tests::conformance::{check_all, ConformanceTarget};
+use deprov_tests::vendors::github::GitHubMock;
 use deprov_tests::vendors::google::{other_key, GoogleMock, DRIVE_APPLICATION_ID};
 
 fn config(value: serde_json::Value) -> SystemConfig {
@@ -113,6 +114,78 @@ impl ConformanceTarget for Google {
 async fn google_conforms() {
     let target = Google {
         mock: GoogleMock::start().await,
+    };
+    check_all(&target).await;
+}
+
+const GITHUB_SECRET: &str = "deprov/connector/github";
+const GITHUB_WRONG: &str = "ghp_wrongConformanceToken0000000000000";
+
+struct GitHub {
+    mock: GitHubMock,
+}
+
+#[async_trait]
+impl ConformanceTarget for GitHub {
+    fn system(&self) -> (String, SystemConfig) {
+        (
+            "github".into(),
+            config(serde_json::json!({
+                "kind": "github",
+                "secret": GITHUB_SECRET,
+                "connection": {
+                    "base_url": self.mock.base_url(),
+                    "org": self.mock.org,
+                    "page_size": 2,
+                },
+            })),
+        )
+    }
+    fn secrets(&self) -> Arc<dyn SecretSource> {
+        Arc::new(MemorySecrets::default().with(GITHUB_SECRET, "token", &self.mock.token))
+    }
+    fn secret_values(&self) -> Vec<String> {
+        vec![self.mock.token.clone(), GITHUB_WRONG.into()]
+    }
+    fn wrong_secrets(&self) -> Arc<dyn SecretSource> {
+        Arc::new(MemorySecrets::default().with(GITHUB_SECRET, "token", GITHUB_WRONG))
+    }
+    async fn seed_person(&self, tag: &str) -> PersonQuery {
+        let login = format!("conf-{tag}");
+        self.mock.add_member(&login);
+        self.mock.add_team(&format!("team {tag}"), &[&login]);
+        self.mock
+            .add_authorization(&login, "personal access token", &format!("pat {tag}"));
+        PersonQuery {
+            person_id: format!("P-{tag}"),
+            email: format!("conf-{tag}@example.com"),
+            username: Some(login),
+        }
+    }
+    async fn remove_account(&self, account: &Account) {
+        self.mock.remove_member(&account.id);
+    }
+    fn throttle_next(&self, n: u32) -> bool {
+        self.mock.throttle_next(n);
+        true
+    }
+    fn fail_next(&self, n: u32) -> bool {
+        self.mock.fail_next(n);
+        true
+    }
+    fn stages(&self) -> Vec<StageKind> {
+        vec![
+            StageKind::Entitlements,
+            StageKind::Credentials,
+            StageKind::Delete,
+        ]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_conforms() {
+    let target = GitHub {
+        mock: GitHubMock::start("ghp_conformanceToken4242424242424242", "acme-corp").await,
     };
     check_all(&target).await;
 }

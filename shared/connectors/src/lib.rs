@@ -7,6 +7,7 @@ use deprov_core::policy::SystemConfig;
 use deprov_core::ports::SecretSource;
 use deprov_core::{Connector, ConnectorError};
 
+pub mod github;
 pub mod google;
 pub(crate) mod http;
 pub mod ldap;
@@ -19,7 +20,7 @@ pub mod slack;
 
 /// The connector kinds a policy may name.
 pub const KINDS: &[&str] = &[
-    "scim", "okta", "msgraph", "postgres", "ldap", "slack", "google",
+    "scim", "okta", "msgraph", "postgres", "ldap", "slack", "google", "github",
 ];
 
 /// Builds the connector of one policy system. Secrets are resolved lazily, at first use.
@@ -50,6 +51,9 @@ pub fn build(
         "google" => Ok(Arc::new(google::GoogleConnector::from_config(
             system, config, secrets,
         )?)),
+        "github" => Ok(Arc::new(github::GitHubConnector::from_config(
+            system, config, secrets,
+        )?)),
         other => Err(unknown_kind(system, other)),
     }
 }
@@ -64,6 +68,7 @@ pub fn check(system: &str, config: &SystemConfig) -> Vec<String> {
         "ldap" => ldap::LdapConnector::check_config(system, config),
         "slack" => slack::SlackConnector::check_config(system, config),
         "google" => google::GoogleConnector::check_config(system, config),
+        "github" => github::GitHubConnector::check_config(system, config),
         other => vec![unknown_kind(system, other).to_string()],
     }
 }

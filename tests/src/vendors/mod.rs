@@ -6,6 +6,7 @@
 //! Each mock can be told to throttle or fail its next requests, the way the vendor does
 //! (`throttle_next`, `fail_next`), for the connector tests and the conformance suite.
 
+pub mod github;
 pub mod google;
 pub mod msgraph;
 pub mod okta;
