@@ -8,7 +8,7 @@
 //! Enterprise Cloud).
 //! - remove entitlement: `DELETE /orgs/{org}/teams/{team_slug}/memberships/{username}`;
 //! - remove credential: `DELETE /orgs/{org}/credential-authorizations/{credential_id}`;
-//! - delete: `DELETE /orgs/{org}/members/{username}` (removes the membership, with its teams
+//! - delete: `DELETE /orgs/{org}/memberships/{username}` (removes the membership, with its teams
 //!   and its access to the org's repositories; the personal account stays the person's).
 //!
 //! Policy settings (`[systems.<name>]`, `kind = "github"`): `secret` (field `token`: a
@@ -328,21 +328,16 @@ impl GitHubConnector {
         )))
     }
 
-    /// `GET /orgs/{org}/members/{username}`: 204 member, 404 not.
-    /// <https://docs.github.com/en/rest/orgs/members#check-organization-membership-for-a-user>
+    /// `GET /orgs/{org}/memberships/{username}`: 200 with the membership (active, or a
+    /// pending invitation, which is access about to happen), 404 none. Unlike
+    /// `GET /orgs/{org}/members/{username}`, it never redirects to the public member list,
+    /// so a private member is never mistaken for a non-member.
+    /// <https://docs.github.com/en/rest/orgs/members#get-organization-membership-for-a-user>
     async fn is_member(&self, login: &str) -> Result<bool, ConnectorError> {
         let raw = self
-            .call(Method::GET, &self.org_path(&["members", login]), &[404])
+            .call(Method::GET, &self.org_path(&["memberships", login]), &[404])
             .await?;
-        match raw.status {
-            204 => Ok(true),
-            404 => Ok(false),
-            // 302: the token's user is not a member of the org.
-            status => Err(ConnectorError::Unauthorized(format!(
-                "system \"{}\": GitHub answered HTTP {status} to the membership check of {login}: the token of secret \"{}\" field \"{TOKEN_FIELD}\" must belong to a member (an owner) of the organization {}",
-                self.system, self.settings.secret, self.settings.org
-            ))),
-        }
+        Ok(raw.status == 200)
     }
 
     /// `GET /orgs/{org}/teams/{team_slug}/memberships/{username}`: the state, or `None`.
@@ -457,14 +452,19 @@ impl GitHubConnector {
         })
     }
 
-    /// `DELETE /orgs/{org}/members/{username}`
-    /// <https://docs.github.com/en/rest/orgs/members#remove-an-organization-member>
+    /// `DELETE /orgs/{org}/memberships/{username}`: removes the membership, or cancels a
+    /// pending invitation.
+    /// <https://docs.github.com/en/rest/orgs/members#remove-organization-membership-for-a-user>
     async fn remove_member(&self, login: &str) -> Result<Applied, ConnectorError> {
         if !self.is_member(login).await? {
             return Ok(Applied::AlreadyDone);
         }
         let raw = self
-            .call(Method::DELETE, &self.org_path(&["members", login]), &[404])
+            .call(
+                Method::DELETE,
+                &self.org_path(&["memberships", login]),
+                &[404],
+            )
             .await?;
         Ok(if raw.status == 404 {
             Applied::AlreadyDone

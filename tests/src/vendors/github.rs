@@ -373,6 +373,7 @@ fn route(
             page(base, request, items)
         }
         // https://docs.github.com/en/rest/orgs/members#check-organization-membership-for-a-user
+        // (answers 302 to public_members for a requester outside the org; not modelled)
         ("GET", ["members", login]) => {
             if state.members.contains(*login) {
                 ResponseTemplate::new(204)
@@ -380,8 +381,22 @@ fn route(
                 not_found()
             }
         }
+        // https://docs.github.com/en/rest/orgs/members#get-organization-membership-for-a-user
+        ("GET", ["memberships", login]) => {
+            if state.members.contains(*login) {
+                ResponseTemplate::new(200).set_body_json(json!({
+                    "state": "active",
+                    "role": "member",
+                    "organization": {"login": org},
+                    "user": {"login": login},
+                }))
+            } else {
+                not_found()
+            }
+        }
         // https://docs.github.com/en/rest/orgs/members#remove-an-organization-member
-        ("DELETE", ["members", login]) => {
+        // https://docs.github.com/en/rest/orgs/members#remove-organization-membership-for-a-user
+        ("DELETE", ["members", login]) | ("DELETE", ["memberships", login]) => {
             if !state.members.contains(*login) {
                 return not_found();
             }
