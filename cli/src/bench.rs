@@ -4,6 +4,10 @@
 //!   durable SQLite store and audit chain, N people × 10 tasks.
 //! - `scim`: disable + verify through the engine against a SCIM server (e.g. scim2-server)
 //!   at several worker concurrencies.
+//! - `ldap`, `postgres`: disable + verify of existing accounts (`<prefix><n>`, n from 0)
+//!   through the engine against an OpenLDAP directory or a PostgreSQL cluster, one
+//!   termination per account; discovery, the SQLite run store and the audit chain count.
+//!   `tests/bench.sh` seeds the servers and times the raw baseline beside it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,6 +31,62 @@ pub enum BenchCommand {
     Orchestrator(OrchestratorArgs),
     /// Disable + verify against a SCIM server at several concurrencies.
     Scim(ScimArgs),
+    /// Disable + verify existing accounts of an OpenLDAP directory (ppolicy lock).
+    Ldap(LdapArgs),
+    /// Disable + verify existing login roles of a PostgreSQL cluster (NOLOGIN).
+    Postgres(PostgresArgs),
+}
+
+/// What the directory benches share: which accounts and how hard to push.
+#[derive(Args)]
+pub struct AccountsArgs {
+    /// Accounts to disable: `<prefix>0` … `<prefix><accounts - 1>`, which must exist.
+    #[arg(long, default_value_t = 2000)]
+    accounts: usize,
+    /// Account name prefix (LDAP uid, PostgreSQL role name).
+    #[arg(long, default_value = "bench-")]
+    prefix: String,
+    /// Worker concurrency on the system: tasks applied and verified at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: u32,
+    /// Runs (discovery + plan + tasks) in flight at once; defaults to --concurrency.
+    #[arg(long)]
+    in_flight: Option<usize>,
+}
+
+#[derive(Args)]
+pub struct LdapArgs {
+    /// Directory URL, e.g. ldap://127.0.0.1:3890.
+    #[arg(long)]
+    url: String,
+    /// The DN under which the accounts are.
+    #[arg(long)]
+    base_dn: String,
+    /// The DN under which groups are searched (default: --base-dn).
+    #[arg(long)]
+    group_base_dn: Option<String>,
+    /// The DN deprov binds as.
+    #[arg(long)]
+    bind_dn: String,
+    #[arg(long, env = "DEPROV_BENCH_LDAP_PASSWORD")]
+    password: String,
+    #[command(flatten)]
+    accounts: AccountsArgs,
+}
+
+#[derive(Args)]
+pub struct PostgresArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 5432)]
+    port: u16,
+    /// The admin role deprov logs in as.
+    #[arg(long)]
+    user: String,
+    #[arg(long, env = "DEPROV_BENCH_PG_PASSWORD")]
+    password: String,
+    #[command(flatten)]
+    accounts: AccountsArgs,
 }
 
 #[derive(Args)]
@@ -62,6 +122,8 @@ pub async fn bench(command: BenchCommand) -> Result<u8, Failure> {
     match command {
         BenchCommand::Orchestrator(args) => orchestrator(args).await,
         BenchCommand::Scim(args) => scim(args).await,
+        BenchCommand::Ldap(args) => ldap(args).await,
+        BenchCommand::Postgres(args) => postgres(args).await,
     }
 }
 
@@ -302,4 +364,120 @@ fn reqwest_client() -> Result<reqwest::Client, Failure> {
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(Failure::failed)
+}
+
+/// A TOML string literal of `text`.
+fn toml_string(text: &str) -> String {
+    serde_json::Value::String(text.to_string()).to_string()
+}
+
+async fn ldap(args: LdapArgs) -> Result<u8, Failure> {
+    let policy = format!(
+        r#"
+version = "bench-ldap"
+[systems.app]
+kind = "ldap"
+secret = "bench/ldap"
+concurrency = {concurrency}
+connection = {{ url = {url}, base_dn = {base_dn}, group_base_dn = {group_base_dn}, dialect = "openldap" }}
+[scenarios.termination]
+stages = ["disable"]
+"#,
+        concurrency = args.accounts.concurrency,
+        url = toml_string(&args.url),
+        base_dn = toml_string(&args.base_dn),
+        group_base_dn = toml_string(args.group_base_dn.as_deref().unwrap_or(&args.base_dn)),
+    );
+    let secrets = LocalSecrets::default()
+        .with("bench/ldap", "bind_dn", &args.bind_dn)
+        .with("bench/ldap", "password", &args.password);
+    println!(
+        "ldap: disable (pwdAccountLockedTime) + verify of {} existing accounts through the engine against {}",
+        args.accounts.accounts, args.url
+    );
+    directory_bench(&policy, secrets, &args.accounts).await
+}
+
+async fn postgres(args: PostgresArgs) -> Result<u8, Failure> {
+    let policy = format!(
+        r#"
+version = "bench-postgres"
+[systems.app]
+kind = "postgres"
+secret = "bench/postgres"
+concurrency = {concurrency}
+connection = {{ host = {host}, port = {port} }}
+[scenarios.termination]
+stages = ["disable"]
+"#,
+        concurrency = args.accounts.concurrency,
+        host = toml_string(&args.host),
+        port = args.port,
+    );
+    let secrets = LocalSecrets::default()
+        .with("bench/postgres", "user", &args.user)
+        .with("bench/postgres", "password", &args.password);
+    println!(
+        "postgres: disable (NOLOGIN + end sessions) + verify of {} existing roles through the engine against {}:{}",
+        args.accounts.accounts, args.host, args.port
+    );
+    directory_bench(&policy, secrets, &args.accounts).await
+}
+
+/// One termination per account under `policy` (system `app`, stage disable), timed from the
+/// first submission to the last verified task.
+async fn directory_bench(
+    policy: &str,
+    secrets: LocalSecrets,
+    args: &AccountsArgs,
+) -> Result<u8, Failure> {
+    let policy = Policy::parse(policy).map_err(|invalid| Failure::failed(invalid.to_string()))?;
+    let connectors = setup::connectors(&policy, Arc::new(secrets))?;
+    let events: Vec<LifecycleEvent> = (0..args.accounts)
+        .map(|index| {
+            let name = format!("{}{index}", args.prefix);
+            termination("bench", index, &name, &format!("{name}@example.com"))
+        })
+        .collect();
+    let dir = tempfile_dir()?;
+    let store = Arc::new(SqliteStore::open(&dir.join("bench.db"))?);
+    let engine = Arc::new(Engine::start(
+        policy,
+        connectors,
+        store.clone(),
+        store.clone(),
+        Arc::new(SystemClock),
+        EngineOptions::default(),
+        None,
+    ));
+    let in_flight = args.in_flight.unwrap_or(args.concurrency as usize);
+    let started = Instant::now();
+    let (verified, other) = submit_all(engine, events, in_flight).await?;
+    let elapsed = started.elapsed().max(Duration::from_micros(1));
+    let (runs, records, broken) = verify_runs(store.as_ref(), None).await?;
+    println!(
+        "  concurrency {} ({in_flight} runs in flight): {verified} verified ({other} not) in {:.2} s",
+        args.concurrency,
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "  throughput            {:.1} accounts/s (discover + disable + read back + audit)",
+        verified as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "  audit verify          {runs} runs, {records} records ({})",
+        if broken.is_empty() {
+            "intact"
+        } else {
+            "BROKEN"
+        }
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    if other > 0 || verified != args.accounts || !broken.is_empty() {
+        return Err(Failure::failed(format!(
+            "the benchmark did not verify every account ({verified} of {})",
+            args.accounts
+        )));
+    }
+    Ok(OK)
 }
