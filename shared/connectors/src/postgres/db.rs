@@ -15,6 +15,9 @@ use tokio_postgres::{Client, NoTls, Row};
 
 /// How long a fetched login is reused before the secret is read again.
 const LOGIN_TTL: Duration = Duration::from_secs(300);
+/// How long an idle connection is reused; older ones are closed, so a rotated password or a
+/// failed-over server is picked up.
+const CONNECTION_TTL: Duration = Duration::from_secs(300);
 /// The secret's fields.
 pub(crate) const USER_FIELD: &str = "user";
 pub(crate) const PASSWORD_FIELD: &str = "password";
@@ -96,6 +99,16 @@ pub(crate) struct Pool {
     secret_name: String,
     login: tokio::sync::Mutex<Option<Login>>,
     permits: Arc<Semaphore>,
+    /// Healthy connections handed back, reused before a new one is opened (a new login costs
+    /// a server process and a SCRAM exchange).
+    idle: Arc<std::sync::Mutex<Vec<Idle>>>,
+    max_connections: usize,
+}
+
+struct Idle {
+    database: String,
+    client: Client,
+    opened: Instant,
 }
 
 impl Pool {
@@ -113,6 +126,8 @@ impl Pool {
             secret_name: secret_name.to_string(),
             login: tokio::sync::Mutex::new(None),
             permits: Arc::new(Semaphore::new(max_connections.max(1))),
+            idle: Arc::new(std::sync::Mutex::new(Vec::new())),
+            max_connections: max_connections.max(1),
         }
     }
 
@@ -163,6 +178,22 @@ impl Pool {
 
     async fn forget_login(&self) {
         *self.login.lock().await = None;
+        // Connections opened with the old login go too.
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+
+    /// An idle, open, young enough connection to `database`, if one is waiting.
+    fn reuse(&self, database: &str) -> Option<Idle> {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        idle.retain(|conn| !conn.client.is_closed() && conn.opened.elapsed() < CONNECTION_TTL);
+        let index = idle.iter().position(|conn| conn.database == database)?;
+        Some(idle.swap_remove(index))
     }
 
     /// One connection to `database` as the admin, holding one of the system's connection
@@ -175,6 +206,22 @@ impl Pool {
             .acquire_owned()
             .await
             .map_err(|_| ConnectorError::Transient("the connection pool is closed".into()))?;
+        let server = self.endpoint.describe();
+        if let Some(conn) = self.reuse(database) {
+            return Ok(Db {
+                client: Some(conn.client),
+                system: self.system.clone(),
+                server,
+                database: database.to_string(),
+                secret: self.secret_name.clone(),
+                timeout: self.endpoint.timeout + Duration::from_secs(5),
+                opened: conn.opened,
+                healthy: std::sync::atomic::AtomicBool::new(true),
+                idle: Arc::clone(&self.idle),
+                max_idle: self.max_connections,
+                _permit: permit,
+            });
+        }
         let (user, password) = self.credentials().await?;
         let timeout = self.endpoint.timeout;
         let millis = timeout.as_millis().max(1);
@@ -188,7 +235,6 @@ impl Pool {
             .application_name("deprov")
             .ssl_mode(SslMode::Disable)
             .connect_timeout(timeout.min(Duration::from_secs(10)));
-        let server = self.endpoint.describe();
         let doing = format!("connecting to database \"{database}\"");
         let context = ErrorContext {
             system: &self.system,
@@ -216,12 +262,16 @@ impl Pool {
             }
         });
         let db = Db {
-            client,
+            client: Some(client),
             system: self.system.clone(),
             server,
             database: database.to_string(),
             secret: self.secret_name.clone(),
             timeout: timeout + Duration::from_secs(5),
+            opened: Instant::now(),
+            healthy: std::sync::atomic::AtomicBool::new(true),
+            idle: Arc::clone(&self.idle),
+            max_idle: self.max_connections,
             _permit: permit,
         };
         // Set after connecting rather than as startup `options`, which connection poolers
@@ -238,15 +288,22 @@ impl Pool {
     }
 }
 
-/// One open connection. Every call maps its errors, naming what was being done.
+/// One open connection. Every call maps its errors, naming what was being done. Dropped
+/// healthy, it goes back to the pool's idle list; after any error it is closed.
 pub(crate) struct Db {
-    client: Client,
+    client: Option<Client>,
+    opened: Instant,
+    /// Cleared by any failed call: the session may be mid-transaction or broken.
+    healthy: std::sync::atomic::AtomicBool,
+    idle: Arc<std::sync::Mutex<Vec<Idle>>>,
     system: String,
     server: String,
     database: String,
     secret: String,
     /// Client-side bound on one call (the server's statement timeout plus slack).
     timeout: Duration,
+    /// Idle connections kept at most (the oldest is closed first).
+    max_idle: usize,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -269,7 +326,30 @@ impl Db {
         }
     }
 
+    fn client(&self, doing: &str) -> Result<&Client, DbError> {
+        self.client.as_ref().ok_or_else(|| DbError {
+            code: None,
+            error: ConnectorError::Transient(format!(
+                "system \"{}\": the connection was already returned while {doing}",
+                self.system
+            )),
+        })
+    }
+
     async fn bounded<T>(
+        &self,
+        doing: &str,
+        call: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, DbError> {
+        let result = self.bounded_inner(doing, call).await;
+        if result.is_err() {
+            self.healthy
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn bounded_inner<T>(
         &self,
         doing: &str,
         call: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
@@ -293,21 +373,48 @@ impl Db {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, DbError> {
-        self.bounded(doing, self.client.query(sql, params)).await
+        self.bounded(doing, self.client(doing)?.query(sql, params))
+            .await
     }
 
     /// Runs statements without parameters (identifiers already quoted), in one implicit
     /// transaction when there are several.
     pub(crate) async fn batch(&self, doing: &str, sql: &str) -> Result<(), DbError> {
-        self.bounded(doing, self.client.batch_execute(sql)).await
+        self.bounded(doing, self.client(doing)?.batch_execute(sql))
+            .await
     }
 
     /// Runs a read-only query the operator wrote, in a read-only transaction.
     pub(crate) async fn read_only(&self, doing: &str, sql: &str) -> Result<Vec<Row>, DbError> {
         self.batch(doing, "BEGIN READ ONLY").await?;
-        let rows = self.bounded(doing, self.client.query(sql, &[])).await;
+        let rows = self
+            .bounded(doing, self.client(doing)?.query(sql, &[]))
+            .await;
         let _ = self.batch(doing, "ROLLBACK").await;
         rows
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let healthy = self.healthy.load(std::sync::atomic::Ordering::Relaxed);
+        if healthy && !client.is_closed() && self.opened.elapsed() < CONNECTION_TTL {
+            let mut idle = self
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if idle.len() >= self.max_idle {
+                idle.remove(0);
+            }
+            idle.push(Idle {
+                database: std::mem::take(&mut self.database),
+                client,
+                opened: self.opened,
+            });
+        }
     }
 }
 
