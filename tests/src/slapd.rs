@@ -113,6 +113,10 @@ olcRootDN: {admin_dn}
 olcRootPW: {admin_password}
 olcDbDirectory: {dir}/db
 olcDbMaxSize: 104857600
+olcDbIndex: objectClass eq
+olcDbIndex: uid,mail,cn eq
+olcDbIndex: member,uniqueMember,memberUid eq
+olcDbIndex: sAMAccountName,userPrincipalName eq
 olcAccess: {{0}}to attrs=userPassword by self write by anonymous auth by * none
 olcAccess: {{1}}to * by users read by * none
 
