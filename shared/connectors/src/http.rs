@@ -146,6 +146,53 @@ pub(crate) fn next_link(headers: &HeaderMap) -> Option<String> {
         })
 }
 
+/// Every item of a JSON-array listing that pages with `Link: <…>; rel="next"` (Okta,
+/// GitHub), fetching each page with `fetch(url, pass)`. Next-page links must stay on
+/// `base`'s origin (the token is never sent elsewhere). `None` when the first page is 404.
+pub(crate) async fn link_pages<F, Fut>(
+    system: &str,
+    base: &Url,
+    first: Url,
+    request: &str,
+    mut fetch: F,
+) -> Result<Option<Vec<Value>>, ConnectorError>
+where
+    F: FnMut(Url, &'static [u16]) -> Fut,
+    Fut: std::future::Future<Output = Result<Raw, ConnectorError>>,
+{
+    let mut url = first;
+    let mut items = Vec::new();
+    for page in 0..MAX_PAGES {
+        let pass: &'static [u16] = if page == 0 { &[404] } else { &[] };
+        let raw = fetch(url.clone(), pass).await?;
+        if raw.status == 404 {
+            return Ok(None);
+        }
+        match raw.body {
+            Value::Array(page) => items.extend(page),
+            _ => {
+                return Err(ConnectorError::Permanent(format!(
+                    "system \"{system}\": {request} answered something that is not a JSON array"
+                )))
+            }
+        }
+        let Some(next) = next_link(&raw.headers) else {
+            return Ok(Some(items));
+        };
+        url = Url::parse(&next)
+            .ok()
+            .filter(|next| same_origin(base, next))
+            .ok_or_else(|| {
+                ConnectorError::Permanent(format!(
+                    "system \"{system}\": {request} links its next page to {next}, outside {base}; refusing to send the token there"
+                ))
+            })?;
+    }
+    Err(ConnectorError::Permanent(format!(
+        "system \"{system}\": {request} did not end after {MAX_PAGES} pages"
+    )))
+}
+
 async fn read_bounded(
     mut response: reqwest::Response,
     system: &str,

@@ -324,42 +324,14 @@ impl OktaConnector {
         url.query_pairs_mut()
             .extend_pairs(query)
             .append_pair("limit", &limit);
-        let mut items = Vec::new();
-        for page in 0..http::MAX_PAGES {
-            let pass: &[u16] = if page == 0 { &[404] } else { &[] };
-            let raw = self
-                .send(Method::GET, url.clone(), &request, None, pass)
-                .await?;
-            if raw.status == 404 {
-                return Ok(None);
-            }
-            match raw.body {
-                Value::Array(page) => items.extend(page),
-                _ => {
-                    return Err(ConnectorError::Permanent(format!(
-                        "system \"{}\": {request} answered something that is not a JSON array",
-                        self.system
-                    )))
-                }
-            }
-            let Some(next) = http::next_link(&raw.headers) else {
-                return Ok(Some(items));
-            };
-            url = Url::parse(&next)
-                .ok()
-                .filter(|next| http::same_origin(&self.settings.base_url, next))
-                .ok_or_else(|| {
-                    ConnectorError::Permanent(format!(
-                        "system \"{}\": {request} links its next page to {next}, outside {}; refusing to send the token there",
-                        self.system, self.settings.base_url
-                    ))
-                })?;
-        }
-        Err(ConnectorError::Permanent(format!(
-            "system \"{}\": {request} did not end after {} pages",
-            self.system,
-            http::MAX_PAGES
-        )))
+        http::link_pages(
+            &self.system,
+            &self.settings.base_url,
+            url,
+            &request,
+            |url, pass| self.send(Method::GET, url, &request, None, pass),
+        )
+        .await
     }
 
     async fn user(&self, user_id: &str) -> Result<Option<Value>, ConnectorError> {
