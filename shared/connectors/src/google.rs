@@ -45,7 +45,7 @@ use deprov_core::ports::SecretSource;
 use deprov_core::{
     Account, Applied, Connector, ConnectorError, Entitlement, Evidence, PersonQuery,
 };
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::header::ACCEPT;
 use reqwest::{Method, Url};
 use serde_json::{json, Value};
 use tracing::Instrument;
@@ -425,62 +425,47 @@ impl GoogleConnector {
         body: Option<&Value>,
         pass: &[u16],
     ) -> Result<Raw, ConnectorError> {
-        let ok = |status: u16| (200..300).contains(&status) || pass.contains(&status);
-        for attempt in 0..2 {
-            let token = self.token.get(|| self.fetch_token()).await?;
-            let mut builder = self
-                .client
-                .request(method.clone(), url.clone())
-                .bearer_auth(&token)
-                .header(ACCEPT, "application/json");
-            if let Some(body) = body {
-                builder = builder
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(body.to_string());
-            }
-            tracing::debug!(system = %self.system, %request, "google request");
-            let raw = http::exchange(builder, &self.system, request, ok)
-                .await
-                .map_err(|err| http::redact(err, &token))?;
-            if ok(raw.status) {
-                return Ok(raw);
-            }
-            let (reason, detail) = google_error(&raw.body);
-            let system = &self.system;
-            let delay = http::retry_delay(&raw.headers, None, Utc::now());
-            let err = match (raw.status, reason.as_str()) {
-                (401, _) => {
-                    self.token.forget().await;
-                    if attempt == 0 {
-                        continue;
-                    }
-                    ConnectorError::Unauthorized(format!(
-                        "Google refused the access token of system \"{system}\" obtained with the service account from {} (HTTP 401{detail}); check that secret and the domain-wide delegation",
-                        self.fields()
-                    ))
-                }
-                // Google answers most rate limits with 403.
-                // https://developers.google.com/admin-sdk/directory/v1/limits
-                (403, "userRateLimitExceeded" | "rateLimitExceeded") => ConnectorError::Throttled {
-                    retry_after: delay,
-                    message: format!("system \"{system}\": {request} answered HTTP 403{detail}"),
-                },
-                (403, _) => ConnectorError::Unauthorized(format!(
-                    "Google refused {request} to the service account of system \"{system}\" from {} (HTTP 403{detail}); the subject must be an admin allowed to manage users and groups, and the client id needs domain-wide delegation of {SCOPES}",
-                    self.fields()
-                )),
-                (status, _) => http::status_kind(
-                    status,
-                    delay,
-                    format!("system \"{system}\": {request} answered HTTP {status}{detail}"),
-                ),
-            };
-            return Err(http::redact(err, &token));
+        http::send_with_token(
+            &self.client,
+            &self.token,
+            || self.fetch_token(),
+            &self.system,
+            method,
+            url,
+            request,
+            body,
+            pass,
+            |raw| self.refused(raw, request),
+        )
+        .await
+    }
+
+    /// Google's refusal of a request, by status and reason.
+    fn refused(&self, raw: &Raw, request: &str) -> ConnectorError {
+        let (reason, detail) = google_error(&raw.body);
+        let system = &self.system;
+        let delay = http::retry_delay(&raw.headers, None, Utc::now());
+        match (raw.status, reason.as_str()) {
+            (401, _) => ConnectorError::Unauthorized(format!(
+                "Google refused the access token of system \"{system}\" obtained with the service account from {} (HTTP 401{detail}); check that secret and the domain-wide delegation",
+                self.fields()
+            )),
+            // Google answers most rate limits with 403.
+            // https://developers.google.com/admin-sdk/directory/v1/limits
+            (403, "userRateLimitExceeded" | "rateLimitExceeded") => ConnectorError::Throttled {
+                retry_after: delay,
+                message: format!("system \"{system}\": {request} answered HTTP 403{detail}"),
+            },
+            (403, _) => ConnectorError::Unauthorized(format!(
+                "Google refused {request} to the service account of system \"{system}\" from {} (HTTP 403{detail}); the subject must be an admin allowed to manage users and groups, and the client id needs domain-wide delegation of {SCOPES}",
+                self.fields()
+            )),
+            (status, _) => http::status_kind(
+                status,
+                delay,
+                format!("system \"{system}\": {request} answered HTTP {status}{detail}"),
+            ),
         }
-        Err(ConnectorError::Transient(format!(
-            "system \"{}\": {request} was refused twice with fresh tokens",
-            self.system
-        )))
     }
 
     async fn call(

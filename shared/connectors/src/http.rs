@@ -382,6 +382,59 @@ impl TokenCache {
     }
 }
 
+/// One JSON request with an OAuth bearer token from `cache` (`fetch_token` when it is
+/// stale). A 401 drops the token and the request goes once more with a fresh one; any other
+/// refusal, or a second 401, is mapped by the vendor's `refused` (with the token redacted
+/// from whatever the vendor echoed).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn send_with_token<F, Fut>(
+    client: &reqwest::Client,
+    cache: &TokenCache,
+    fetch_token: F,
+    system: &str,
+    method: Method,
+    url: Url,
+    request: &str,
+    body: Option<&Value>,
+    pass: &[u16],
+    refused: impl Fn(&Raw) -> ConnectorError,
+) -> Result<Raw, ConnectorError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(String, Duration), ConnectorError>>,
+{
+    let ok = |status: u16| (200..300).contains(&status) || pass.contains(&status);
+    for attempt in 0..2 {
+        let token = cache.get(&fetch_token).await?;
+        let mut builder = client
+            .request(method.clone(), url.clone())
+            .bearer_auth(&token)
+            .header(reqwest::header::ACCEPT, "application/json");
+        if let Some(body) = body {
+            builder = builder
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string());
+        }
+        tracing::debug!(%system, %request, "request");
+        let raw = exchange(builder, system, request, ok)
+            .await
+            .map_err(|err| redact(err, &token))?;
+        if ok(raw.status) {
+            return Ok(raw);
+        }
+        if raw.status == 401 {
+            cache.forget().await;
+            if attempt == 0 {
+                continue;
+            }
+        }
+        return Err(redact(refused(&raw), &token));
+    }
+    Err(ConnectorError::Transient(format!(
+        "system \"{system}\": {request} was refused twice with fresh tokens"
+    )))
+}
+
 impl std::fmt::Debug for TokenCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("TokenCache")

@@ -35,7 +35,7 @@ use deprov_core::ports::SecretSource;
 use deprov_core::{
     Account, Applied, Connector, ConnectorError, Entitlement, Evidence, PersonQuery,
 };
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::header::ACCEPT;
 use reqwest::{Method, Url};
 use serde_json::{json, Value};
 use tracing::Instrument;
@@ -391,53 +391,38 @@ impl GraphConnector {
         body: Option<&Value>,
         pass: &[u16],
     ) -> Result<Raw, ConnectorError> {
-        let ok = |status: u16| (200..300).contains(&status) || pass.contains(&status);
-        for attempt in 0..2 {
-            let token = self.token.get(|| self.fetch_token()).await?;
-            let mut builder = self
-                .client
-                .request(method.clone(), url.clone())
-                .bearer_auth(&token)
-                .header(ACCEPT, "application/json");
-            if let Some(body) = body {
-                builder = builder
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(body.to_string());
-            }
-            tracing::debug!(system = %self.system, %request, "graph request");
-            let raw = http::exchange(builder, &self.system, request, ok)
-                .await
-                .map_err(|err| http::redact(err, &token))?;
-            if ok(raw.status) {
-                return Ok(raw);
-            }
-            let detail = graph_error(&raw.body);
-            let (system, secret) = (&self.system, &self.settings.secret);
-            let err = match raw.status {
-                401 => {
-                    self.token.forget().await;
-                    if attempt == 0 {
-                        continue;
-                    }
-                    ConnectorError::Unauthorized(format!(
-                        "Microsoft Graph refused the access token of system \"{system}\" obtained with the client credentials from secret \"{secret}\" (HTTP 401{detail}); check that secret and the app registration"
-                    ))
-                }
-                403 => ConnectorError::Unauthorized(format!(
-                    "Microsoft Graph refused {request} to the app of system \"{system}\" (credentials from secret \"{secret}\") (HTTP 403{detail}); grant it User.ReadWrite.All, GroupMember.ReadWrite.All and Directory.Read.All application permissions with admin consent"
-                )),
-                status => http::status_kind(
-                    status,
-                    http::retry_delay(&raw.headers, None, Utc::now()),
-                    format!("system \"{system}\": {request} answered HTTP {status}{detail}"),
-                ),
-            };
-            return Err(http::redact(err, &token));
+        http::send_with_token(
+            &self.client,
+            &self.token,
+            || self.fetch_token(),
+            &self.system,
+            method,
+            url,
+            request,
+            body,
+            pass,
+            |raw| self.refused(raw, request),
+        )
+        .await
+    }
+
+    /// Graph's refusal of a request, by status.
+    fn refused(&self, raw: &Raw, request: &str) -> ConnectorError {
+        let detail = graph_error(&raw.body);
+        let (system, secret) = (&self.system, &self.settings.secret);
+        match raw.status {
+            401 => ConnectorError::Unauthorized(format!(
+                "Microsoft Graph refused the access token of system \"{system}\" obtained with the client credentials from secret \"{secret}\" (HTTP 401{detail}); check that secret and the app registration"
+            )),
+            403 => ConnectorError::Unauthorized(format!(
+                "Microsoft Graph refused {request} to the app of system \"{system}\" (credentials from secret \"{secret}\") (HTTP 403{detail}); grant it User.ReadWrite.All, GroupMember.ReadWrite.All and Directory.Read.All application permissions with admin consent"
+            )),
+            status => http::status_kind(
+                status,
+                http::retry_delay(&raw.headers, None, Utc::now()),
+                format!("system \"{system}\": {request} answered HTTP {status}{detail}"),
+            ),
         }
-        Err(ConnectorError::Transient(format!(
-            "system \"{}\": {request} was refused twice with fresh tokens",
-            self.system
-        )))
     }
 
     async fn call(
