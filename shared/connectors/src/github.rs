@@ -615,11 +615,7 @@ mod tests {
     use super::*;
 
     fn config(connection: Value, secret: Option<&str>) -> SystemConfig {
-        let mut value = json!({"kind": "github", "connection": connection});
-        if let Some(secret) = secret {
-            value["secret"] = json!(secret);
-        }
-        serde_json::from_value(value).unwrap_or_else(|err| panic!("{err}"))
+        crate::test_config("github", connection, secret)
     }
 
     #[test]

@@ -1088,11 +1088,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn config(connection: Value, secret: Option<&str>) -> SystemConfig {
-        let mut value = json!({"kind": "ldap", "connection": connection});
-        if let Some(secret) = secret {
-            value["secret"] = json!(secret);
-        }
-        serde_json::from_value(value).expect("system config")
+        crate::test_config("ldap", connection, secret)
     }
 
     fn entry(dn: &str, attrs: &[(&str, &[&str])]) -> SearchEntry {

@@ -79,3 +79,17 @@ fn unknown_kind(system: &str, kind: &str) -> ConnectorError {
         KINDS.join(", ")
     ))
 }
+
+/// A policy system entry of `kind` for unit tests, with `connection` and an optional secret.
+#[cfg(test)]
+pub(crate) fn test_config(
+    kind: &str,
+    connection: serde_json::Value,
+    secret: Option<&str>,
+) -> SystemConfig {
+    let mut value = serde_json::json!({"kind": kind, "connection": connection});
+    if let Some(secret) = secret {
+        value["secret"] = serde_json::json!(secret);
+    }
+    serde_json::from_value(value).unwrap_or_else(|err| panic!("test system config: {err}"))
+}

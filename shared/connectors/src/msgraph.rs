@@ -873,11 +873,7 @@ mod tests {
     use super::*;
 
     fn config(connection: Value, secret: Option<&str>) -> SystemConfig {
-        let mut value = json!({"kind": "msgraph", "connection": connection});
-        if let Some(secret) = secret {
-            value["secret"] = json!(secret);
-        }
-        serde_json::from_value(value).unwrap_or_else(|err| panic!("{err}"))
+        crate::test_config("msgraph", connection, secret)
     }
 
     #[test]

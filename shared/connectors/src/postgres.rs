@@ -848,11 +848,7 @@ mod tests {
     use deprov_core::testing::MemorySecrets;
 
     fn config(connection: Value, secret: Option<&str>) -> SystemConfig {
-        let mut value = json!({"kind": "postgres", "connection": connection});
-        if let Some(secret) = secret {
-            value["secret"] = json!(secret);
-        }
-        serde_json::from_value(value).expect("system config")
+        crate::test_config("postgres", connection, secret)
     }
 
     fn person(username: Option<&str>, email: &str) -> PersonQuery {

@@ -710,11 +710,7 @@ mod tests {
     use deprov_core::testing::MemorySecrets;
 
     fn config(connection: Value, secret: Option<&str>) -> SystemConfig {
-        let mut value = json!({"kind": "scim", "connection": connection});
-        if let Some(secret) = secret {
-            value["secret"] = json!(secret);
-        }
-        serde_json::from_value(value).expect("system config")
+        crate::test_config("scim", connection, secret)
     }
 
     fn person(username: Option<&str>, email: &str) -> PersonQuery {
