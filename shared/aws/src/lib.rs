@@ -5,6 +5,8 @@
 
 pub mod config;
 pub mod dynamo;
+pub mod lambda;
+pub mod policies;
 pub mod secrets;
 pub mod sfn;
 pub mod sqs;
@@ -12,6 +14,8 @@ pub mod tables;
 
 pub use config::{load_sdk_config, AwsSettings};
 pub use dynamo::{DynamoAuditLog, DynamoRunStore};
+pub use lambda::{ConfigError, FunctionError};
+pub use policies::DynamoPolicyStore;
 pub use secrets::SecretsManagerSource;
 pub use sfn::{ExecutionStart, Executions, SfnError, TaskTokens};
 pub use sqs::SqsTaskQueue;

@@ -79,3 +79,19 @@ pub async fn create_audit_table(client: &Client, name: &str) -> Result<(), Strin
         .map(|_| ())
         .map_err(|err| format!("creating table {name}: {err:?}"))
 }
+
+/// The config table: `pk`/`sk` (versioned policies).
+pub async fn create_config_table(client: &Client, name: &str) -> Result<(), String> {
+    client
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attribute("pk", ScalarAttributeType::S)?)
+        .attribute_definitions(attribute("sk", ScalarAttributeType::S)?)
+        .key_schema(key("pk", KeyType::Hash)?)
+        .key_schema(key("sk", KeyType::Range)?)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|err| format!("creating table {name}: {err:?}"))
+}

@@ -30,6 +30,19 @@ impl ErrorKind {
         }
     }
 
+    /// The kind a `Deprov.*` name stands for.
+    pub fn from_error_type(name: &str) -> Option<ErrorKind> {
+        [
+            ErrorKind::Throttled,
+            ErrorKind::Transient,
+            ErrorKind::Permanent,
+            ErrorKind::InvalidInput,
+            ErrorKind::Unverified,
+        ]
+        .into_iter()
+        .find(|kind| kind.error_type() == name)
+    }
+
     /// Whether another attempt of the same task may succeed.
     pub fn is_retryable(self) -> bool {
         matches!(self, ErrorKind::Throttled | ErrorKind::Transient)

@@ -114,6 +114,13 @@ pub fn gave_up(task: &Task, attempts: u32, last: TaskError) -> TaskOutcome {
     outcome
 }
 
+/// The outcome of a task that failed in a way retrying will not mend.
+pub fn escalated(task: &Task, error: TaskError) -> TaskOutcome {
+    let mut outcome = finished(task, TaskStatus::Escalated, 0);
+    outcome.error = Some(error);
+    outcome
+}
+
 /// The outcome of a task stopped before it ran.
 pub fn cancelled(task: &Task, why: &str) -> TaskOutcome {
     let mut outcome = finished(task, TaskStatus::Cancelled, 0);

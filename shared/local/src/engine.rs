@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deprov_core::audit::{AuditEntry, AuditKind};
 use deprov_core::ids;
+use deprov_core::journal;
 use deprov_core::plan::{build_plan, systems_in_scope, Discovery, Plan, PlanError, Stage};
 use deprov_core::policy::{MatchBy, Policy};
 use deprov_core::ports::{
@@ -19,7 +19,6 @@ use deprov_core::ports::{
 use deprov_core::task::{StageRecord, TaskError, TaskOutcome, TaskStatus};
 use deprov_core::worker::{self, Attempt};
 use deprov_core::{Connector, ErrorKind, LifecycleEvent, PersonQuery};
-use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -251,15 +250,12 @@ impl Engine {
             Err(refusal) => {
                 inner
                     .audit
-                    .append(AuditEntry {
-                        run_id: run_id.clone(),
-                        key: "plan:refused".into(),
-                        kind: AuditKind::PlanRefused,
-                        subject: event.person.id.clone(),
-                        system: None,
-                        task_id: None,
-                        detail: json!({"event": event, "reason": refusal.to_string(), "policy_version": inner.policy.version}),
-                    })
+                    .append(journal::plan_refused(
+                        &run_id,
+                        event,
+                        &refusal.to_string(),
+                        &inner.policy.version,
+                    ))
                     .await?;
                 return Ok(RunReport {
                     run_id,
@@ -273,18 +269,7 @@ impl Engine {
                 });
             }
         };
-        inner
-            .audit
-            .append(AuditEntry {
-                run_id: run_id.clone(),
-                key: "plan".into(),
-                kind: AuditKind::PlanRecorded,
-                subject: event.person.id.clone(),
-                system: None,
-                task_id: None,
-                detail: serde_json::to_value(&plan).unwrap_or_default(),
-            })
-            .await?;
+        inner.audit.append(journal::plan_recorded(&plan)).await?;
         let now = inner.clock.now();
         inner
             .store
@@ -353,7 +338,13 @@ impl Inner {
                 let wake_at = stage.not_before.with_timezone(&Utc);
                 if run.status != RunStatus::Waiting || run.wake_at != Some(wake_at) {
                     self.audit
-                        .append(self.entry(&run, format!("stage:{}:deferred", stage.stage.as_str()), AuditKind::StageDeferred, json!({"stage": stage.stage, "not_before": stage.not_before, "tasks": stage.tasks.len()})))
+                        .append(journal::stage_deferred(
+                            &run.run_id,
+                            &run.person_id,
+                            stage.stage,
+                            stage.not_before,
+                            stage.tasks.len(),
+                        ))
                         .await?;
                     run.status = RunStatus::Waiting;
                     run.wake_at = Some(wake_at);
@@ -383,12 +374,7 @@ impl Inner {
                 &outcomes.iter().collect::<Vec<_>>(),
             );
             self.audit
-                .append(self.entry(
-                    &run,
-                    format!("stage:{}", stage.stage.as_str()),
-                    AuditKind::StageCompleted,
-                    serde_json::to_value(&record).unwrap_or_default(),
-                ))
+                .append(journal::stage_completed(&record, &run.person_id))
                 .await?;
             self.emit(Progress::StageFinished(record));
             // A rehire or cancel may have stopped the run while this stage ran.
@@ -411,24 +397,6 @@ impl Inner {
             refused: None,
             stopped_runs: Vec::new(),
         })
-    }
-
-    fn entry(
-        &self,
-        run: &RunRecord,
-        key: String,
-        kind: AuditKind,
-        detail: serde_json::Value,
-    ) -> AuditEntry {
-        AuditEntry {
-            run_id: run.run_id.clone(),
-            key,
-            kind,
-            subject: run.person_id.clone(),
-            system: None,
-            task_id: None,
-            detail,
-        }
     }
 
     /// Sends the stage's unfinished tasks to their systems' queues and waits for every
@@ -639,28 +607,9 @@ impl Inner {
     /// Closes a run: completed only if every task verified and every system was reachable.
     async fn finish(&self, run: &mut RunRecord) -> Result<(), EngineError> {
         let outcomes = self.store.task_outcomes(&run.run_id).await?;
-        let escalations: Vec<_> = outcomes
-            .iter()
-            .filter(|o| o.status != TaskStatus::Verified)
-            .map(|o| json!({"task_id": o.task.task_id, "system": o.task.system, "action": o.task.action, "account": o.task.account.username, "status": o.status, "error": o.error}))
-            .collect();
-        let status = if escalations.is_empty() && run.plan.unreachable.is_empty() {
-            RunStatus::Completed
-        } else {
-            RunStatus::Escalated
-        };
-        let verified = outcomes
-            .iter()
-            .filter(|o| o.status == TaskStatus::Verified)
-            .count();
-        self.audit
-            .append(self.entry(
-                run,
-                "run:finished".into(),
-                AuditKind::RunFinished,
-                json!({"status": status, "tasks": run.plan.task_count(), "verified": verified, "escalations": escalations, "unreachable": run.plan.unreachable}),
-            ))
-            .await?;
+        let (summary, entry) = journal::run_finished(&run.plan, &outcomes);
+        self.audit.append(entry).await?;
+        let status = summary.status;
         run.status = status;
         run.wake_at = None;
         run.updated_at = self.clock.now();
@@ -704,11 +653,12 @@ impl Inner {
                 }
             }
             self.audit
-                .append(self.entry(
-                    &run,
-                    "run:cancelled".into(),
-                    AuditKind::RunCancelled,
-                    json!({"by_run": own_run_id, "event": event, "reason": why}),
+                .append(journal::run_cancelled(
+                    &run.run_id,
+                    &run.person_id,
+                    own_run_id,
+                    event,
+                    &why,
                 ))
                 .await?;
             run.status = RunStatus::Cancelled;
@@ -722,15 +672,7 @@ impl Inner {
             stopped.push(run.run_id.clone());
         }
         self.audit
-            .append(AuditEntry {
-                run_id: own_run_id.to_string(),
-                key: "run:finished".into(),
-                kind: AuditKind::RunFinished,
-                subject: event.person.id.clone(),
-                system: None,
-                task_id: None,
-                detail: json!({"event": event, "stopped_runs": stopped}),
-            })
+            .append(journal::runs_stopped(own_run_id, event, &stopped))
             .await?;
         Ok(RunReport {
             run_id: own_run_id.to_string(),
