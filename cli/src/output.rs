@@ -276,6 +276,10 @@ pub fn summarize(report: &RunReport) -> u8 {
         );
     }
     match report.status {
+        RunStatus::DryRun => println!(
+            "Run {} is a dry run: the plan was recorded and nothing was changed.",
+            report.run_id
+        ),
         RunStatus::Refused => {
             println!(
                 "Refused: {}. Nothing was changed.",

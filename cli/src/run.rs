@@ -129,7 +129,8 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
             EngineOptions::default().discovery_timeout,
         )
         .await
-        .and_then(|found| Ok(deprov_core::plan::build_plan(&event, &policy, &found)?))?;
+        .and_then(|found| deprov_core::plan::build_plan(&event, &policy, &found))
+        .map_err(deprov_local::EngineError::from)?;
         output::print_plan(&plan);
         println!("Dry run: nothing was changed or recorded.");
         return Ok(OK);
@@ -189,7 +190,8 @@ pub async fn plan(args: PlanArgs) -> Result<u8, Failure> {
         &event,
         EngineOptions::default().discovery_timeout,
     )
-    .await?;
+    .await
+    .map_err(deprov_local::EngineError::from)?;
     let plan = deprov_core::plan::build_plan(&event, &policy, &found)
         .map_err(|err| Failure::invalid(err.to_string()))?;
     if args.json {

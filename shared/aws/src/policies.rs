@@ -5,9 +5,10 @@
 //! Items (`pk`/`sk` strings): `POLICY` / `VERSION#<version>` with `document`;
 //! `POLICY` / `ACTIVE` with `version`.
 
+use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
-use deprov_core::ports::StoreError;
+use deprov_core::ports::{PolicySource, StoreError};
 use deprov_core::Policy;
 
 fn backend<E: std::fmt::Debug>(what: &str, err: E) -> StoreError {
@@ -130,5 +131,16 @@ impl DynamoPolicyStore {
                 )
             })?;
         self.policy(&version).await
+    }
+}
+
+#[async_trait]
+impl PolicySource for DynamoPolicyStore {
+    async fn active(&self) -> Result<Policy, StoreError> {
+        DynamoPolicyStore::active(self).await
+    }
+
+    async fn version(&self, version: &str) -> Result<Policy, StoreError> {
+        self.policy(version).await
     }
 }

@@ -326,6 +326,7 @@ async fn sqs_secrets_and_executions() {
     let queue = SqsTaskQueue::new(sqs, url);
     let message = TaskMessage {
         task: task("r-q", "t-q"),
+        policy_version: None,
         task_token: Some("token-1".into()),
     };
     queue

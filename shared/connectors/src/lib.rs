@@ -7,6 +7,7 @@ use deprov_core::policy::SystemConfig;
 use deprov_core::ports::SecretSource;
 use deprov_core::{Connector, ConnectorError};
 
+pub mod discovery;
 pub mod github;
 pub mod google;
 pub(crate) mod http;
@@ -17,6 +18,8 @@ pub mod okta;
 pub mod postgres;
 pub mod scim;
 pub mod slack;
+
+pub use discovery::discover;
 
 /// The connector kinds a policy may name.
 pub const KINDS: &[&str] = &[

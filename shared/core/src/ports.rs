@@ -38,6 +38,8 @@ pub enum RunStatus {
     Cancelled,
     /// Refused by the planner (blast radius, no scenario); nothing ran.
     Refused,
+    /// Planned and recorded as a dry run; nothing ran.
+    DryRun,
 }
 
 impl RunStatus {
@@ -49,6 +51,7 @@ impl RunStatus {
             RunStatus::Escalated => "escalated",
             RunStatus::Cancelled => "cancelled",
             RunStatus::Refused => "refused",
+            RunStatus::DryRun => "dry_run",
         }
     }
 
@@ -60,6 +63,7 @@ impl RunStatus {
             RunStatus::Escalated,
             RunStatus::Cancelled,
             RunStatus::Refused,
+            RunStatus::DryRun,
         ]
         .into_iter()
         .find(|status| status.as_str() == name)
@@ -166,10 +170,23 @@ pub trait AuditLog: Send + Sync {
     async fn by_subject(&self, subject: &str) -> Result<Vec<AuditRecord>, StoreError>;
 }
 
+/// Where the functions read policies from: versions are immutable, one is active.
+#[async_trait]
+pub trait PolicySource: Send + Sync {
+    /// The policy new plans use.
+    async fn active(&self) -> Result<crate::policy::Policy, StoreError>;
+    /// The policy a plan recorded, by version.
+    async fn version(&self, version: &str) -> Result<crate::policy::Policy, StoreError>;
+}
+
 /// The message a worker receives for one task.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskMessage {
     pub task: Task,
+    /// The policy version of the plan (its system settings reach the connector); the
+    /// local runtime holds its one policy and leaves it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<String>,
     /// Opaque handle the worker reports the result with (a Step Functions task token on
     /// AWS); absent locally.
     #[serde(default, skip_serializing_if = "Option::is_none")]

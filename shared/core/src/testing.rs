@@ -284,3 +284,32 @@ impl Clock for ManualClock {
             .unwrap_or_else(|_| Utc::now())
     }
 }
+
+/// A policy source holding policies in memory; the first one given is active.
+#[derive(Clone)]
+pub struct MemoryPolicies {
+    active: Policy,
+    versions: BTreeMap<String, Policy>,
+}
+
+impl MemoryPolicies {
+    pub fn new(active: Policy) -> MemoryPolicies {
+        let mut versions = BTreeMap::new();
+        versions.insert(active.version.clone(), active.clone());
+        MemoryPolicies { active, versions }
+    }
+}
+
+#[async_trait]
+impl crate::ports::PolicySource for MemoryPolicies {
+    async fn active(&self) -> Result<Policy, StoreError> {
+        Ok(self.active.clone())
+    }
+
+    async fn version(&self, version: &str) -> Result<Policy, StoreError> {
+        self.versions
+            .get(version)
+            .cloned()
+            .ok_or_else(|| StoreError::Corrupt(format!("policy version \"{version}\" is unknown")))
+    }
+}

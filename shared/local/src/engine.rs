@@ -11,19 +11,20 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use deprov_core::ids;
 use deprov_core::journal;
-use deprov_core::plan::{build_plan, systems_in_scope, Discovery, Plan, PlanError, Stage};
-use deprov_core::policy::{MatchBy, Policy};
+use deprov_core::plan::{build_plan, Discovery, Plan, PlanError, Stage};
+use deprov_core::policy::Policy;
 use deprov_core::ports::{
     AuditLog, Clock, EventClaim, RunRecord, RunStatus, RunStore, StoreError, TaskMessage, TaskQueue,
 };
 use deprov_core::task::{StageRecord, TaskError, TaskOutcome, TaskStatus};
 use deprov_core::worker::{self, Attempt};
-use deprov_core::{Connector, ErrorKind, LifecycleEvent, PersonQuery};
+use deprov_core::{Connector, ErrorKind, LifecycleEvent};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::queue::LocalQueue;
+use deprov_connectors::discover;
 
 /// What the engine tells an observer (the CLI's progress display) as a run advances.
 #[derive(Clone, Debug)]
@@ -313,13 +314,13 @@ impl Inner {
     }
 
     async fn discover(&self, event: &LifecycleEvent) -> Result<Vec<Discovery>, EngineError> {
-        discover(
+        Ok(discover(
             &self.policy,
             &self.connectors,
             event,
             self.options.discovery_timeout,
         )
-        .await
+        .await?)
     }
 
     async fn drive(&self, run_id: &str) -> Result<RunReport, EngineError> {
@@ -441,6 +442,7 @@ impl Inner {
             self.lock_waiters().insert(task.task_id.clone(), sender);
             let message = TaskMessage {
                 task: task.clone(),
+                policy_version: None,
                 task_token: None,
             };
             if let Err(err) = queue.send(message, Duration::ZERO).await {
@@ -685,79 +687,6 @@ impl Inner {
             stopped_runs: stopped,
         })
     }
-}
-
-/// Looks for the person on every system in scope, concurrently and read-only. A system that
-/// cannot be searched comes back as a failed discovery, never as "no account".
-pub async fn discover(
-    policy: &Policy,
-    connectors: &BTreeMap<String, Arc<dyn Connector>>,
-    event: &LifecycleEvent,
-    timeout: Duration,
-) -> Result<Vec<Discovery>, EngineError> {
-    let scope = systems_in_scope(event, policy)?;
-    let mut searches = tokio::task::JoinSet::new();
-    for system in scope {
-        let connector = connectors.get(system).cloned();
-        let match_by = policy
-            .systems
-            .get(system)
-            .map(|c| c.match_by)
-            .unwrap_or_default();
-        let query = PersonQuery {
-            person_id: event.person.id.clone(),
-            email: event.person.email.clone(),
-            username: match match_by {
-                MatchBy::Username => event.username_for(system).map(str::to_string),
-                MatchBy::Email => None,
-            },
-        };
-        let system = system.to_string();
-        let retry = policy.retry.clone();
-        searches.spawn(async move {
-            let Some(connector) = connector else {
-                return Discovery {
-                    system: system.clone(),
-                    supports: Vec::new(),
-                    result: Err(format!("system \"{system}\" has no connector")),
-                };
-            };
-            let mut attempt = 0;
-            let result = loop {
-                attempt += 1;
-                let found = match tokio::time::timeout(timeout, connector.discover(&query)).await {
-                    Ok(found) => found,
-                    Err(_) => Err(deprov_core::ConnectorError::Transient(format!(
-                        "discovery timed out after {}s",
-                        timeout.as_secs()
-                    ))),
-                };
-                match found {
-                    Err(error) if error.kind().is_retryable() && attempt < retry.max_attempts => {
-                        tokio::time::sleep(retry.backoff(
-                            attempt,
-                            error.retry_after(),
-                            fastrand::f64(),
-                        ))
-                        .await;
-                    }
-                    other => break other.map_err(|error| error.to_string()),
-                }
-            };
-            Discovery {
-                system,
-                supports: connector.supports().to_vec(),
-                result,
-            }
-        });
-    }
-    let mut discoveries = Vec::new();
-    while let Some(joined) = searches.join_next().await {
-        if let Ok(discovery) = joined {
-            discoveries.push(discovery);
-        }
-    }
-    Ok(discoveries)
 }
 
 #[cfg(test)]

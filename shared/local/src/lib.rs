@@ -7,7 +7,8 @@ pub mod queue;
 pub mod secrets;
 pub mod store;
 
-pub use engine::{discover, Engine, EngineError, EngineOptions, Progress, RunReport};
+pub use deprov_connectors::discover;
+pub use engine::{Engine, EngineError, EngineOptions, Progress, RunReport};
 pub use queue::LocalQueue;
 pub use secrets::LocalSecrets;
 pub use store::SqliteStore;

@@ -206,6 +206,7 @@ mod tests {
 
     fn message(id: &str) -> TaskMessage {
         TaskMessage {
+            policy_version: None,
             task: Task {
                 task_id: id.into(),
                 run_id: "r".into(),
