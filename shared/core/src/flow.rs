@@ -162,8 +162,9 @@ pub struct TaskItem {
 pub struct StatesError {
     #[serde(rename = "Error")]
     pub error: String,
+    /// Absent or null when the failure gave none.
     #[serde(rename = "Cause", default)]
-    pub cause: String,
+    pub cause: Option<String>,
 }
 
 /// What one iteration of the task Map produced: the worker's outcome (SendTaskSuccess), or
@@ -173,7 +174,10 @@ pub struct StatesError {
 #[serde(untagged)]
 pub enum TaskResult {
     Finished(Box<TaskOutcome>),
-    Failed { task: Task, failure: StatesError },
+    Failed {
+        task: Box<Task>,
+        failure: StatesError,
+    },
 }
 
 impl TaskResult {
@@ -184,10 +188,9 @@ impl TaskResult {
             TaskResult::Failed { task, failure } => {
                 let kind =
                     ErrorKind::from_error_type(&failure.error).unwrap_or(ErrorKind::Transient);
-                let message = if failure.cause.is_empty() {
-                    failure.error.clone()
-                } else {
-                    format!("{}: {}", failure.error, failure.cause)
+                let message = match failure.cause.as_deref() {
+                    Some(cause) if !cause.is_empty() => format!("{}: {cause}", failure.error),
+                    _ => failure.error.clone(),
                 };
                 worker::escalated(&task, TaskError { kind, message })
             }
@@ -203,7 +206,7 @@ pub enum AuditRequest {
     RecordPlan {
         run_id: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        refusal: Option<Refusal>,
+        refusal: Option<Box<Refusal>>,
     },
     /// A stage waits for its `not_before`.
     RecordDeferral { run_id: String, stage: StageKind },
@@ -213,8 +216,13 @@ pub enum AuditRequest {
         stage: StageKind,
         results: Vec<TaskResult>,
     },
-    /// The run's summary; anything not verified is an escalation.
-    Finalize { run_id: String },
+    /// The run's summary; anything not verified is an escalation. `stages_error` is what
+    /// stopped the stages early, if something did.
+    Finalize {
+        run_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stages_error: Option<StatesError>,
+    },
 }
 
 /// The run summary Finalize returns; the state machine fails the execution with
