@@ -1,0 +1,187 @@
+//! Launching runs: the ports that start a run now (a Step Functions execution named by the
+//! run id on AWS) or at a future time (a one-time EventBridge schedule), and the rules of
+//! when an event waits for its effective time.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+
+use crate::event::{EventKind, LifecycleEvent};
+use crate::flow::RunInput;
+
+/// Events effective less than this far ahead start now: a schedule would fire at about the
+/// same time, with more moving parts.
+pub const SCHEDULE_THRESHOLD: Duration = Duration::seconds(60);
+
+/// When a run for `event` should start, if not now: leavers whose last day is ahead keep
+/// their access until then. Other kinds (a transfer, a rehire, a cancel) take effect when
+/// they arrive; the plan's `not_before` delays what must wait.
+pub fn start_at(event: &LifecycleEvent, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let at = event.effective_at.with_timezone(&Utc);
+    let waits = matches!(event.kind, EventKind::Termination | EventKind::ContractEnd);
+    (waits && at > now + SCHEDULE_THRESHOLD).then_some(at)
+}
+
+/// What starting a run's execution came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunStart {
+    /// The run's execution is running: started now, or the same start repeated.
+    Started,
+    /// An execution of this run exists already (finished, or started with other input).
+    AlreadyExists,
+}
+
+/// Starting or scheduling a run failed; another attempt may pass. The message names the
+/// operation and never carries a secret.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct LaunchError(pub String);
+
+/// Starts runs now.
+#[async_trait]
+pub trait RunStarter: Send + Sync {
+    /// Starts the run's execution named `run_id`, so starting it twice is one run.
+    async fn start_run(&self, run_id: &str, input: &RunInput) -> Result<RunStart, LaunchError>;
+}
+
+/// Starts runs later.
+#[async_trait]
+pub trait RunScheduler: Send + Sync {
+    /// Starts the run at `at`, once. Scheduling the same run again changes nothing.
+    async fn schedule_run(
+        &self,
+        run_id: &str,
+        person_id: &str,
+        at: DateTime<Utc>,
+        input: &RunInput,
+    ) -> Result<(), LaunchError>;
+}
+
+#[cfg(any(test, feature = "testing"))]
+pub use fake::MemoryLauncher;
+
+#[cfg(any(test, feature = "testing"))]
+mod fake {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct State {
+        started: BTreeMap<String, RunInput>,
+        scheduled: BTreeMap<String, (DateTime<Utc>, RunInput)>,
+        start_calls: usize,
+        failures: usize,
+    }
+
+    /// `RunStarter` and `RunScheduler` in memory: executions by name (a repeated name is
+    /// `Started` with the same input, `AlreadyExists` otherwise, as Step Functions answers),
+    /// schedules by run id, and failures on demand.
+    #[derive(Default)]
+    pub struct MemoryLauncher {
+        state: Mutex<State>,
+    }
+
+    impl MemoryLauncher {
+        fn state(&self) -> Result<std::sync::MutexGuard<'_, State>, LaunchError> {
+            self.state
+                .lock()
+                .map_err(|_| LaunchError("memory launcher lock poisoned".into()))
+        }
+
+        /// The next `count` starts or schedules fail.
+        pub fn fail_next(&self, count: usize) {
+            if let Ok(mut state) = self.state.lock() {
+                state.failures = count;
+            }
+        }
+
+        /// The runs started, by run id.
+        pub fn started(&self) -> BTreeMap<String, RunInput> {
+            self.state
+                .lock()
+                .map(|state| state.started.clone())
+                .unwrap_or_default()
+        }
+
+        /// The runs scheduled, by run id.
+        pub fn scheduled(&self) -> BTreeMap<String, (DateTime<Utc>, RunInput)> {
+            self.state
+                .lock()
+                .map(|state| state.scheduled.clone())
+                .unwrap_or_default()
+        }
+
+        /// How many starts were asked for, failed ones included.
+        pub fn start_calls(&self) -> usize {
+            self.state
+                .lock()
+                .map(|state| state.start_calls)
+                .unwrap_or(0)
+        }
+    }
+
+    fn fail(state: &mut State, operation: &str) -> Result<(), LaunchError> {
+        if state.failures > 0 {
+            state.failures -= 1;
+            return Err(LaunchError(format!("{operation}: service unavailable")));
+        }
+        Ok(())
+    }
+
+    #[async_trait]
+    impl RunStarter for MemoryLauncher {
+        async fn start_run(&self, run_id: &str, input: &RunInput) -> Result<RunStart, LaunchError> {
+            let mut state = self.state()?;
+            state.start_calls += 1;
+            fail(&mut state, "StartExecution")?;
+            Ok(match state.started.get(run_id) {
+                Some(existing) if existing == input => RunStart::Started,
+                Some(_) => RunStart::AlreadyExists,
+                None => {
+                    state.started.insert(run_id.to_string(), input.clone());
+                    RunStart::Started
+                }
+            })
+        }
+    }
+
+    #[async_trait]
+    impl RunScheduler for MemoryLauncher {
+        async fn schedule_run(
+            &self,
+            run_id: &str,
+            _person_id: &str,
+            at: DateTime<Utc>,
+            input: &RunInput,
+        ) -> Result<(), LaunchError> {
+            let mut state = self.state()?;
+            fail(&mut state, "CreateSchedule")?;
+            state
+                .scheduled
+                .entry(run_id.to_string())
+                .or_insert_with(|| (at, input.clone()));
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::sample_event;
+
+    #[test]
+    fn only_leavers_effective_beyond_a_minute_wait() {
+        let mut event = sample_event();
+        let at = event.effective_at.with_timezone(&Utc);
+        assert_eq!(start_at(&event, at - Duration::days(3)), Some(at));
+        assert_eq!(start_at(&event, at - Duration::seconds(30)), None);
+        assert_eq!(start_at(&event, at + Duration::days(1)), None);
+        event.kind = EventKind::ContractEnd;
+        event.termination_type = None;
+        assert_eq!(start_at(&event, at - Duration::days(3)), Some(at));
+        event.kind = EventKind::Transfer;
+        assert_eq!(start_at(&event, at - Duration::days(3)), None);
+    }
+}
