@@ -166,6 +166,30 @@ impl DynamoRunStore {
             run_id,
         })
     }
+
+    /// Records a run scheduled to start at `at` (`SCHEDULE#<run_id>` / `SCHEDULE`): what
+    /// is pending, for operators and the sweep. Idempotent: the same run written again
+    /// holds the same values.
+    pub async fn put_schedule(
+        &self,
+        run_id: &str,
+        person_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(format!("SCHEDULE#{run_id}")))
+            .item("sk", s("SCHEDULE"))
+            .item("run_id", s(run_id))
+            .item("person", s(person_id))
+            .item("start_at", s(time(&at)))
+            .item("recorded_at", s(time(&Utc::now())))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|err| backend("PutItem schedule", err))
+    }
 }
 
 #[async_trait]

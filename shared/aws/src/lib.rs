@@ -6,7 +6,9 @@
 pub mod config;
 pub mod dynamo;
 pub mod lambda;
+pub mod launch;
 pub mod policies;
+pub mod scheduler;
 pub mod secrets;
 pub mod sfn;
 pub mod sqs;
@@ -16,6 +18,7 @@ pub use config::{load_sdk_config, AwsSettings};
 pub use dynamo::{DynamoAuditLog, DynamoRunStore};
 pub use lambda::{ConfigError, FunctionError};
 pub use policies::DynamoPolicyStore;
+pub use scheduler::{RunSchedules, Scheduled, SchedulerError};
 pub use secrets::SecretsManagerSource;
 pub use sfn::{ExecutionStart, Executions, SfnError, TaskTokens};
 pub use sqs::SqsTaskQueue;

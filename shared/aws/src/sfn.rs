@@ -2,6 +2,8 @@
 //! run) and the task-token callbacks of the workers.
 
 use aws_sdk_sfn::Client;
+use deprov_core::ports::{ReportError, TaskReporter};
+use deprov_core::{ErrorKind, TaskOutcome};
 
 /// What starting an execution came to. A repeated start of the same run is one
 /// execution either way: Step Functions answers a same-name, same-input start of a running
@@ -83,38 +85,63 @@ impl TaskTokens {
     pub fn new(client: Client) -> TaskTokens {
         TaskTokens { client }
     }
+}
 
-    pub async fn succeed(&self, token: &str, output: &serde_json::Value) -> Result<(), SfnError> {
+fn report_error<E, R>(
+    operation: &'static str,
+    err: aws_sdk_sfn::error::SdkError<E, R>,
+) -> ReportError
+where
+    E: aws_sdk_sfn::error::ProvideErrorMetadata + std::fmt::Debug,
+    R: std::fmt::Debug,
+{
+    let code = err
+        .as_service_error()
+        .and_then(|e| e.code())
+        .unwrap_or_default();
+    if matches!(code, "TaskTimedOut" | "InvalidToken" | "TaskDoesNotExist") {
+        ReportError::Gone(format!("{operation}: {code}"))
+    } else {
+        ReportError::Failed(failed(operation, err).to_string())
+    }
+}
+
+#[async_trait::async_trait]
+impl TaskReporter for TaskTokens {
+    async fn succeed(&self, token: &str, outcome: &TaskOutcome) -> Result<(), ReportError> {
+        let output = serde_json::to_string(outcome)
+            .map_err(|err| ReportError::Failed(format!("encoding the outcome: {err}")))?;
         self.client
             .send_task_success()
             .task_token(token)
-            .output(output.to_string())
+            .output(output)
             .send()
             .await
             .map(|_| ())
-            .map_err(|err| failed("SendTaskSuccess", err))
+            .map_err(|err| report_error("SendTaskSuccess", err))
     }
 
-    /// `error` is a `Deprov.*` name the ASL catches; `cause` a readable explanation.
-    pub async fn fail(&self, token: &str, error: &str, cause: &str) -> Result<(), SfnError> {
+    async fn fail(&self, token: &str, kind: ErrorKind, cause: &str) -> Result<(), ReportError> {
+        // Step Functions caps the cause at 32,768 characters.
+        let cause: String = cause.chars().take(32_000).collect();
         self.client
             .send_task_failure()
             .task_token(token)
-            .error(error)
+            .error(kind.error_type())
             .cause(cause)
             .send()
             .await
             .map(|_| ())
-            .map_err(|err| failed("SendTaskFailure", err))
+            .map_err(|err| report_error("SendTaskFailure", err))
     }
 
-    pub async fn heartbeat(&self, token: &str) -> Result<(), SfnError> {
+    async fn heartbeat(&self, token: &str) -> Result<(), ReportError> {
         self.client
             .send_task_heartbeat()
             .task_token(token)
             .send()
             .await
             .map(|_| ())
-            .map_err(|err| failed("SendTaskHeartbeat", err))
+            .map_err(|err| report_error("SendTaskHeartbeat", err))
     }
 }

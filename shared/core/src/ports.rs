@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditEntry, AuditRecord, ChainHead};
+use crate::error::ErrorKind;
 use crate::plan::{Plan, Task};
 use crate::task::TaskOutcome;
 
@@ -177,6 +178,28 @@ pub trait PolicySource: Send + Sync {
     async fn active(&self) -> Result<crate::policy::Policy, StoreError>;
     /// The policy a plan recorded, by version.
     async fn version(&self, version: &str) -> Result<crate::policy::Policy, StoreError>;
+}
+
+/// How a worker answers the run waiting on a task (Step Functions task tokens on AWS).
+#[async_trait]
+pub trait TaskReporter: Send + Sync {
+    /// The task is verified: hand its outcome (with the evidence) to the run.
+    async fn succeed(&self, token: &str, outcome: &TaskOutcome) -> Result<(), ReportError>;
+    /// The task failed: `kind` is what the run's Retry/Catch act on.
+    async fn fail(&self, token: &str, kind: ErrorKind, cause: &str) -> Result<(), ReportError>;
+    /// Still working: keeps a long task from timing out.
+    async fn heartbeat(&self, token: &str) -> Result<(), ReportError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// Nobody waits on this token any more (it timed out, or a retry replaced it): the
+    /// answer is moot, the recorded outcome stands.
+    #[error("the run no longer waits on this task: {0}")]
+    Gone(String),
+    /// The answer did not get through; deliver the message again.
+    #[error("cannot report the task: {0}")]
+    Failed(String),
 }
 
 /// The message a worker receives for one task.
