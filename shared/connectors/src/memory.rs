@@ -100,6 +100,15 @@ impl MemoryDirectory {
         }
     }
 
+    /// Sets when the account `id` was last used, as `list_accounts` reports it.
+    pub fn set_last_activity(&self, id: &str, at: Option<chrono::DateTime<chrono::Utc>>) {
+        if let Ok(mut state) = self.state() {
+            if let Some(entry) = state.entries.get_mut(id) {
+                entry.account.last_activity = at;
+            }
+        }
+    }
+
     /// Queues a fault for the next call of `action` on the account `username`.
     pub fn inject(&self, username: &str, action: Action, fault: Fault) {
         if let Ok(mut state) = self.state() {

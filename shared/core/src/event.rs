@@ -530,7 +530,7 @@ pub fn validate(value: &Value) -> Vec<Problem> {
     checker.problems
 }
 
-fn looks_like_email(text: &str) -> bool {
+pub(crate) fn looks_like_email(text: &str) -> bool {
     match text.split_once('@') {
         Some((local, domain)) => {
             !local.is_empty()

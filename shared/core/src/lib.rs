@@ -18,6 +18,7 @@ pub mod plan;
 pub mod policy;
 pub mod ports;
 pub mod signature;
+pub mod sweep;
 pub mod task;
 pub mod validation;
 pub mod worker;

@@ -62,6 +62,9 @@ pub struct SystemConfig {
     pub rate_limit_per_second: Option<f64>,
     #[serde(default)]
     pub match_by: MatchBy,
+    /// This system's inactivity threshold for the sweep; `[sweep] inactive_after` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inactive_after: Option<HumanDuration>,
 }
 
 fn default_concurrency() -> u32 {
@@ -123,6 +126,41 @@ impl Default for Limits {
         Limits {
             max_accounts_per_run: default_max_accounts(),
             max_tasks_per_run: default_max_tasks(),
+        }
+    }
+}
+
+/// The daily sweep: when an account counts as inactive, and how many runs one sweep may
+/// start.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sweep {
+    /// An active account whose last activity is older than this is a finding; a system's
+    /// own `inactive_after` overrides it.
+    #[serde(default = "default_inactive_after")]
+    pub inactive_after: HumanDuration,
+    /// Blast radius: a sweep that finds more inactive accounts than this starts none of
+    /// their runs and fails, since a connector bug or a wrong clock would otherwise disable
+    /// everyone.
+    #[serde(default = "default_max_runs_per_sweep")]
+    pub max_runs_per_sweep: u32,
+}
+
+/// Shorter inactivity thresholds would catch people on a long weekend.
+pub const MIN_INACTIVE_AFTER: Duration = Duration::from_secs(86_400);
+
+fn default_inactive_after() -> HumanDuration {
+    HumanDuration(Duration::from_secs(90 * 86_400))
+}
+fn default_max_runs_per_sweep() -> u32 {
+    25
+}
+
+impl Default for Sweep {
+    fn default() -> Self {
+        Sweep {
+            inactive_after: default_inactive_after(),
+            max_runs_per_sweep: default_max_runs_per_sweep(),
         }
     }
 }
@@ -195,6 +233,8 @@ pub struct Policy {
     pub limits: Limits,
     #[serde(default)]
     pub retry: Retry,
+    #[serde(default)]
+    pub sweep: Sweep,
 }
 
 /// Scenario names a policy may define.
@@ -281,6 +321,17 @@ impl Policy {
                     problem(
                         at("rate_limit_per_second"),
                         format!("is {rate}; use a number above 0 and at most 10000"),
+                    );
+                }
+            }
+            if let Some(after) = system.inactive_after {
+                if after.0 < MIN_INACTIVE_AFTER {
+                    problem(
+                        at("inactive_after"),
+                        format!(
+                            "is {}; use at least \"1d\" (e.g. \"90d\")",
+                            String::from(after)
+                        ),
                     );
                 }
             }
@@ -398,6 +449,21 @@ impl Policy {
                 format!("is {}; use 1 to 50", self.retry.max_attempts),
             );
         }
+        if self.sweep.inactive_after.0 < MIN_INACTIVE_AFTER {
+            problem(
+                "sweep.inactive_after".into(),
+                format!(
+                    "is {}; use at least \"1d\" (e.g. \"90d\")",
+                    String::from(self.sweep.inactive_after)
+                ),
+            );
+        }
+        if !(1..=1000).contains(&self.sweep.max_runs_per_sweep) {
+            problem(
+                "sweep.max_runs_per_sweep".into(),
+                format!("is {}; use 1 to 1000", self.sweep.max_runs_per_sweep),
+            );
+        }
         if self.retry.base_delay > self.retry.max_delay {
             problem(
                 "retry.base_delay".into(),
@@ -440,6 +506,16 @@ impl Policy {
                 && (glob_matches(&exemption.account, username)
                     || email.is_some_and(|email| glob_matches(&exemption.account, email)))
         })
+    }
+
+    /// How long an account on `system` may go without activity before the sweep finds it:
+    /// the system's own `inactive_after`, else `[sweep] inactive_after`.
+    pub fn inactive_after(&self, system: &str) -> Duration {
+        self.systems
+            .get(system)
+            .and_then(|config| config.inactive_after)
+            .unwrap_or(self.sweep.inactive_after)
+            .0
     }
 
     /// The entitlement names `roles` grant on `system`.
@@ -579,6 +655,44 @@ reason = "service accounts"
         assert!(err.to_string().contains("not a duration"), "{err}");
         let err = Policy::parse(&SAMPLE.replace("\"sessions\",", "\"session\",")).unwrap_err();
         assert!(err.to_string().contains("session"), "{err}");
+    }
+
+    #[test]
+    fn the_sweep_has_defaults_and_per_system_thresholds() {
+        let policy = Policy::parse(SAMPLE).unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(policy.sweep, Sweep::default());
+        assert_eq!(policy.inactive_after("crm").as_secs(), 90 * 86_400);
+        let text = SAMPLE.replace(
+            "concurrency = 8",
+            "concurrency = 8\ninactive_after = \"30d\"",
+        ) + "\n[sweep]\ninactive_after = \"60d\"\nmax_runs_per_sweep = 5\n";
+        let policy = Policy::parse(&text).unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(policy.inactive_after("crm").as_secs(), 30 * 86_400);
+        assert_eq!(policy.inactive_after("other").as_secs(), 60 * 86_400);
+        assert_eq!(policy.sweep.max_runs_per_sweep, 5);
+    }
+
+    #[test]
+    fn sweep_problems_name_key_and_line() {
+        let text = SAMPLE.replace(
+            "concurrency = 8",
+            "concurrency = 8\ninactive_after = \"2h\"",
+        ) + "\n[sweep]\ninactive_after = \"1h\"\nmax_runs_per_sweep = 0\n";
+        let rendered = Policy::parse(&text).unwrap_err().to_string();
+        assert!(
+            rendered.contains("line 8, systems.crm.inactive_after: is 2h; use at least \"1d\""),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains("line 23, sweep.inactive_after: is 1h"),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains("line 24, sweep.max_runs_per_sweep: is 0"),
+            "{rendered}"
+        );
+        let err = Policy::parse(&(SAMPLE.to_string() + "\n[sweep]\nmax_runs = 5\n")).unwrap_err();
+        assert!(err.to_string().contains("max_runs"), "{err}");
     }
 
     #[test]
