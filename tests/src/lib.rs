@@ -2,6 +2,7 @@
 //!
 //! Each test starts its own server on a free loopback port, so tests run in parallel.
 
+pub mod aws;
 pub mod conformance;
 pub mod postgres;
 pub mod slapd;

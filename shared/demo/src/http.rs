@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     throttle_left: AtomicU32,
     retry_after: AtomicU64,
     fail_left: AtomicU32,
+    /// Users whose changes are refused with 403 (an account the target protects).
+    protected: Mutex<std::collections::HashSet<String>>,
     requests: Mutex<HashMap<String, u64>>,
     patches: Mutex<HashMap<String, u64>>,
 }
@@ -57,9 +59,24 @@ impl Shared {
             throttle_left: AtomicU32::new(0),
             retry_after: AtomicU64::new(1),
             fail_left: AtomicU32::new(0),
+            protected: Mutex::new(std::collections::HashSet::new()),
             requests: Mutex::new(HashMap::new()),
             patches: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub(crate) fn protect_user(&self, id: &str) {
+        lock(&self.protected).insert(id.to_owned());
+    }
+
+    /// A change (anything but GET) to a protected user's resource.
+    fn changes_protected_user(&self, method: &Method, path: &str) -> bool {
+        if method == Method::GET {
+            return false;
+        }
+        path.strip_prefix("/scim/v2/Users/")
+            .map(|id| id.trim_end_matches('/'))
+            .is_some_and(|id| lock(&self.protected).contains(id))
     }
 
     pub(crate) fn requests(&self, method: &str) -> u64 {
@@ -193,6 +210,12 @@ pub(crate) async fn handle(State(sh): State<Arc<Shared>>, req: Request) -> Respo
         ))
     } else if let Some(resp) = check_auth(&sh, req.headers()) {
         resp
+    } else if sh.changes_protected_user(&method, &path) {
+        error_response(&ScimError::new(
+            403,
+            None,
+            "this account is protected; changes to it are refused",
+        ))
     } else {
         route(&sh, req).await.unwrap_or_else(|e| error_response(&e))
     };

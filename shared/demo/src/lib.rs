@@ -223,6 +223,12 @@ impl ScimProvider {
         self.shared().fail_next(n);
     }
 
+    /// Every later change to this user (PATCH, PUT, DELETE) is refused with 403, as a
+    /// target refuses to touch an account it protects.
+    pub fn protect_user(&self, id: &str) {
+        self.shared().protect_user(id);
+    }
+
     /// Stops accepting connections; requests in flight are completed.
     pub fn shutdown(&self) {
         self.inner.stop.send_replace(true);
