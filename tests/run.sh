@@ -19,10 +19,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 venv="${DEPROV_VENV:-$HOME/.cache/deprov-venv}"
-# Python tools the tests start: a real SCIM 2.0 server and the AWS emulator.
-python_tools=("scim2-server==0.8.3" "moto[server]==5.1.22")
+# Python tools the tests start: a real SCIM 2.0 server, the AWS emulator, and cargo lambda
+# (its Runtime API serves the function binaries moto's Lambda calls reach).
+python_tools=("scim2-server==0.8.3" "moto[server]==5.1.22" "cargo-lambda==1.9.2")
 if ! "$venv/bin/pip" freeze 2>/dev/null | grep -qx "scim2-server==0.8.3" \
    || ! "$venv/bin/pip" freeze 2>/dev/null | grep -qx "moto==5.1.22" \
+   || ! "$venv/bin/pip" freeze 2>/dev/null | grep -qx "cargo-lambda==1.9.2" \
    || ! "$venv/bin/python" -c "import flask, flask_cors" 2>/dev/null; then
   echo "== installing ${python_tools[*]} into $venv"
   python3 -m venv "$venv"
@@ -30,6 +32,11 @@ if ! "$venv/bin/pip" freeze 2>/dev/null | grep -qx "scim2-server==0.8.3" \
 fi
 export DEPROV_SCIM2_SERVER="$venv/bin/scim2-server"
 export DEPROV_MOTO_SERVER="$venv/bin/moto_server"
+export DEPROV_CARGO_LAMBDA="$venv/bin/cargo-lambda"
+export DEPROV_VENV_PYTHON="$venv/bin/python"
+
+echo "== infrastructure checks (template, state machine)"
+bash tests/infra.sh
 
 # A target directory outside the clone, reused between runs.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/deprov-target}"
@@ -38,7 +45,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo build (the deprov binary the CLI tests run)"
-cargo build -p deprov --locked
+echo "== cargo build (the deprov binary the CLI tests run, the functions the AWS end to end runs)"
+cargo build -p deprov -p intake -p plan -p worker -p audit -p sweep --locked
 echo "== cargo test"
 cargo test --workspace --locked
