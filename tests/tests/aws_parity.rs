@@ -3,6 +3,9 @@
 //! its own SCIM target seeded alike; the targets' generated ids are replaced by names
 //! before comparing.
 
+// Set-up helpers of this test file panic on failure like the tests themselves.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
