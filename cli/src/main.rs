@@ -50,8 +50,18 @@ enum Command {
     /// Measure throughput (printed figures).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// Print the JSON Schema of the lifecycle event.
-    Schema,
+    /// Print a public input's JSON Schema: the lifecycle event, or the run input (the
+    /// Step Functions execution input: an event plus dry_run).
+    Schema {
+        #[arg(value_enum, default_value = "event")]
+        of: SchemaOf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum SchemaOf {
+    Event,
+    RunInput,
 }
 
 #[derive(Subcommand)]
@@ -92,8 +102,11 @@ fn main() -> ExitCode {
             Command::Audit(command) => audit::audit(command).await,
             Command::Policy(PolicyCommand::Check(args)) => policy_check::check(&args.file),
             Command::Bench(command) => bench::bench(command).await,
-            Command::Schema => {
-                let schema = deprov_core::LifecycleEvent::json_schema();
+            Command::Schema { of } => {
+                let schema = match of {
+                    SchemaOf::Event => deprov_core::LifecycleEvent::json_schema(),
+                    SchemaOf::RunInput => deprov_core::flow::RunInput::json_schema(),
+                };
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&schema).unwrap_or_default()

@@ -280,3 +280,66 @@ pub fn planned_run(
         refusal: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::sample_event;
+    use serde_json::json;
+
+    /// Regenerate with `deprov schema run-input > infra/schemas/run-input.schema.json`.
+    #[test]
+    fn the_published_run_input_schema_matches_the_serde_types() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../infra/schemas/run-input.schema.json"
+        );
+        let published: Value = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_else(|| panic!("cannot read {path}"));
+        assert_eq!(
+            published,
+            RunInput::json_schema(),
+            "infra/schemas/run-input.schema.json is stale: run `deprov schema run-input > infra/schemas/run-input.schema.json`"
+        );
+    }
+
+    #[test]
+    fn a_run_input_is_an_event_with_an_optional_dry_run_or_a_bare_event() {
+        let event = serde_json::to_value(sample_event()).unwrap();
+        let wrapped = RunInput::parse(&json!({"event": event, "dry_run": true})).unwrap();
+        assert!(wrapped.dry_run);
+        let bare = RunInput::parse(&event).unwrap();
+        assert!(!bare.dry_run);
+        assert_eq!(bare.event, wrapped.event);
+        let err = RunInput::parse(&json!({"event": event, "dryrun": true})).unwrap_err();
+        assert_eq!(err.problems[0].path, "$.dryrun");
+    }
+
+    #[test]
+    fn a_caught_failure_without_a_cause_becomes_an_escalation_of_its_kind() {
+        let plan_task = crate::plan::Task {
+            task_id: "t".into(),
+            run_id: "r".into(),
+            system: "crm".into(),
+            action: crate::plan::Action::Disable,
+            account: crate::plan::AccountRef {
+                id: "1".into(),
+                username: "ada".into(),
+            },
+            target: None,
+            person_id: "E1".into(),
+        };
+        let caught: TaskResult = serde_json::from_value(json!({
+            "task": plan_task,
+            "failure": {"Error": "Deprov.Throttled", "Cause": null}
+        }))
+        .unwrap();
+        let outcome = caught.into_outcome();
+        assert_eq!(outcome.status, crate::task::TaskStatus::Escalated);
+        let error = outcome.error.unwrap();
+        assert_eq!(error.kind, ErrorKind::Throttled);
+        assert_eq!(error.message, "Deprov.Throttled");
+    }
+}
