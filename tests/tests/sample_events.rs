@@ -34,8 +34,8 @@ fn every_sample_event_reads_as_its_functions_input() {
             "worker.json" => {
                 for record in value["Records"].as_array().unwrap() {
                     let body = record["body"].as_str().unwrap();
-                    let message: TaskMessage = serde_json::from_str(body)
-                        .unwrap_or_else(|err| panic!("{name}: {err}"));
+                    let message: TaskMessage =
+                        serde_json::from_str(body).unwrap_or_else(|err| panic!("{name}: {err}"));
                     assert!(message.task_token.is_some(), "{name}: a task token");
                 }
             }
