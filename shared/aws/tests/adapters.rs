@@ -415,3 +415,48 @@ async fn sqs_secrets_and_executions() {
         .executions;
     assert_eq!(listed.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_table_keeps_policy_versions_immutable_and_one_active() {
+    let moto = moto().await;
+    let config = sdk(&moto).await;
+    let client = aws_sdk_dynamodb::Client::new(&config);
+    tables::create_config_table(&client, "config-policies")
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    let policies = deprov_aws::DynamoPolicyStore::new(client, "config-policies");
+    let err = policies.active().await.unwrap_err();
+    assert!(err.to_string().contains("no active policy"), "{err}");
+
+    let text = r#"
+version = "v1"
+[systems.crm]
+kind = "memory"
+[scenarios.termination]
+stages = ["disable"]
+"#;
+    assert_eq!(policies.put(text).await.unwrap(), "v1");
+    // The same document again is fine; another one under the same version is not.
+    assert_eq!(policies.put(text).await.unwrap(), "v1");
+    let changed = text.replace("[\"disable\"]", "[\"disable\", \"entitlements\"]");
+    let err = policies.put(&changed).await.unwrap_err();
+    assert!(err.to_string().contains("new version"), "{err}");
+    // An invalid policy is refused before it is stored.
+    assert!(policies.put("version = 3").await.is_err());
+
+    let err = policies.activate("v2").await.unwrap_err();
+    assert!(err.to_string().contains("not stored"), "{err}");
+    policies.activate("v1").await.unwrap();
+    assert_eq!(policies.active().await.unwrap().version, "v1");
+    let v2 = changed.replace("\"v1\"", "\"v2\"");
+    policies.put(&v2).await.unwrap();
+    policies.activate("v2").await.unwrap();
+    assert_eq!(policies.active().await.unwrap().version, "v2");
+    // Plans recorded under v1 still read v1.
+    assert_eq!(
+        policies.policy("v1").await.unwrap().scenarios["termination"]
+            .stages
+            .len(),
+        1
+    );
+}
