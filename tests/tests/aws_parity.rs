@@ -68,7 +68,8 @@ async fn target(refuse: bool) -> (ScimProvider, BTreeMap<String, String>) {
 }
 
 /// The records with the target's ids and the task ids derived from them replaced by
-/// names, and the times left out.
+/// names, and the times and the target's resource versions (ETags, which count every
+/// change the target made in its own order) left out.
 fn normalized(records: &[AuditRecord], names: &BTreeMap<String, String>) -> Vec<Value> {
     let mut names = names.clone();
     for record in records {
@@ -119,6 +120,7 @@ fn strip_times(value: &mut Value) {
                 "read_at",
                 "lastModified",
                 "created",
+                "version",
             ] {
                 object.remove(key);
             }
