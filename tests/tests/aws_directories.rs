@@ -61,7 +61,7 @@ async fn a_termination_through_the_state_machine_locks_ldap_and_postgres() {
     pg.grant("analysts", "ada").await;
     let session = pg.open_session("ada", ADA_PG_PASSWORD).await;
 
-    let mut aws = Emulator::deploy(Deployment {
+    let aws = Emulator::deploy(Deployment {
         policy: &policy(&slapd, &pg),
         kinds: &["ldap", "postgres"],
         secrets: &[
