@@ -29,6 +29,21 @@ for concurrency in 1 8 32; do
   kill "$server"; wait "$server" 2>/dev/null || true
 done
 
+# The functions on AWS (issue 3): bootstrap size of each release binary (stripped and
+# zipped as cargo lambda packages it), start-up to the first event against a local Runtime
+# API, and the Step Functions state transitions and cost of one termination with 10 tasks
+# on the emulated AWS (moto executing the real ASL, the functions through cargo lambda).
+if ! "$venv/bin/pip" freeze 2>/dev/null | grep -qx "moto==5.1.22" \
+   || ! "$venv/bin/pip" freeze 2>/dev/null | grep -qx "cargo-lambda==1.9.2"; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==5.1.22" "cargo-lambda==1.9.2"
+fi
+cargo build --release --locked -p intake -p plan -p worker -p audit -p sweep
+cargo build --release --locked -p deprov-tests --bin bench-functions
+echo
+DEPROV_SCIM2_SERVER="$venv/bin/scim2-server" DEPROV_CARGO_LAMBDA="$venv/bin/cargo-lambda" \
+  DEPROV_VENV_PYTHON="$venv/bin/python" "$CARGO_TARGET_DIR/release/bench-functions" --spawns 20
+echo
+
 # OpenLDAP and PostgreSQL: disable + verify of 2,000 existing accounts through deprov at
 # concurrency 8, beside the raw baseline — the same change applied without deprov, in one
 # batch over one connection and never read back (ldapmodify of one LDIF; psql of one

@@ -95,14 +95,15 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// Where cargo put the function binaries: beside this test's own `deps` directory.
+/// Where cargo put the function binaries: the profile directory the running executable is
+/// in (`target/<profile>/deps/` for a test, `target/<profile>/` for a binary such as
+/// `bench-functions`).
 fn function_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let mut profile_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if profile_dir.file_name().is_some_and(|dir| dir == "deps") {
+        profile_dir.pop();
+    }
     let path = profile_dir.join(name);
     assert!(
         path.is_file(),
