@@ -7,6 +7,7 @@ use deprov_core::policy::SystemConfig;
 use deprov_core::ports::SecretSource;
 use deprov_core::{Connector, ConnectorError};
 
+pub mod aws_iam;
 pub mod discovery;
 pub mod github;
 pub mod google;
@@ -23,7 +24,7 @@ pub use discovery::discover;
 
 /// The connector kinds a policy may name.
 pub const KINDS: &[&str] = &[
-    "scim", "okta", "msgraph", "postgres", "ldap", "slack", "google", "github",
+    "scim", "okta", "msgraph", "postgres", "ldap", "slack", "google", "github", "aws_iam",
 ];
 
 /// Builds the connector of one policy system. Secrets are resolved lazily, at first use.
@@ -57,6 +58,9 @@ pub fn build(
         "github" => Ok(Arc::new(github::GitHubConnector::from_config(
             system, config, secrets,
         )?)),
+        "aws_iam" => Ok(Arc::new(aws_iam::AwsIamConnector::from_config(
+            system, config, secrets,
+        )?)),
         other => Err(unknown_kind(system, other)),
     }
 }
@@ -72,6 +76,7 @@ pub fn check(system: &str, config: &SystemConfig) -> Vec<String> {
         "slack" => slack::SlackConnector::check_config(system, config),
         "google" => google::GoogleConnector::check_config(system, config),
         "github" => github::GitHubConnector::check_config(system, config),
+        "aws_iam" => aws_iam::AwsIamConnector::check_config(system, config),
         other => vec![unknown_kind(system, other).to_string()],
     }
 }
