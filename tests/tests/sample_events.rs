@@ -56,3 +56,22 @@ fn every_sample_event_reads_as_its_functions_input() {
     }
     assert!(checked >= 10, "only {checked} samples found");
 }
+
+/// Every connector kind has a task queue in the template, and the plan function is told
+/// its URL: a kind without one could be planned but never run on AWS.
+#[test]
+fn the_template_has_a_task_queue_for_every_connector_kind() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../template.yaml");
+    let template = std::fs::read_to_string(&path)
+        .unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()));
+    let queue_urls = template
+        .lines()
+        .find(|line| line.trim_start().starts_with("DEPROV_QUEUE_URLS:"))
+        .expect("the plan function's DEPROV_QUEUE_URLS");
+    for kind in deprov_connectors::KINDS {
+        assert!(
+            queue_urls.contains(&format!("\"{kind}\":\"${{")),
+            "template.yaml: DEPROV_QUEUE_URLS has no queue for connector kind \"{kind}\""
+        );
+    }
+}
