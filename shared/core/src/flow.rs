@@ -1,7 +1,8 @@
 //! The JSON that flows between the states of a run on AWS: the execution input, the plan
 //! builder's output, a task's queue message and result, and the audit function's requests.
-//! `infra/statemachine/deprovision.asl.json` moves exactly these shapes around (a test
-//! checks its paths against them), and the local orchestrator produces the same records.
+//! `infra/statemachine/deprovision.asl.json` moves exactly these shapes around (the emulated
+//! AWS end-to-end tests execute it with the real functions), and the local orchestrator
+//! produces the same records (the parity test compares them).
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
