@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::error::ErrorKind;
 use crate::event::{validate, LifecycleEvent, MAX_EVENT_BYTES};
 use crate::plan::{Plan, StageKind, Task};
-use crate::task::{StageRecord, TaskError, TaskOutcome};
+use crate::task::{TaskError, TaskOutcome};
 use crate::validation::{Invalid, Problem};
 use crate::worker;
 
@@ -236,9 +236,6 @@ pub struct RunSummary {
     pub verified: usize,
     pub escalations: Vec<Value>,
 }
-
-/// What RecordStage returns to the stage Map.
-pub type StageResult = StageRecord;
 
 /// A run's plan as stored, reduced to the state the stages need.
 pub fn planned_run(
