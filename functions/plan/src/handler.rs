@@ -3,22 +3,18 @@
 //! work from.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use deprov_aws::FunctionError;
+use deprov_core::connector::ConnectorFactory;
 use deprov_core::flow::{planned_run, PlannedRun, Refusal, RunInput, Verdict};
 use deprov_core::plan::build_plan;
 use deprov_core::ports::{PolicySource, RunRecord, RunStatus, RunStore};
-use deprov_core::{ids, Connector, ErrorKind, Policy};
+use deprov_core::{ids, ErrorKind, Policy};
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use tracing::Instrument;
-
-/// Builds the connectors of a policy's systems (lazily authenticated).
-pub type ConnectorFactory =
-    dyn Fn(&Policy) -> Result<BTreeMap<String, Arc<dyn Connector>>, String> + Send + Sync;
 
 pub struct Deps<S, P> {
     pub store: S,
@@ -57,8 +53,14 @@ async fn build<S: RunStore, P: PolicySource>(
         .claim_event(&event.source, &event.event_id, &run_id)
         .await?;
     let policy = deps.policies.active().await?;
-    let connectors = (deps.connectors)(&policy)
-        .map_err(|message| FunctionError::new(ErrorKind::Permanent, message))?;
+    let connectors = policy
+        .systems
+        .iter()
+        .map(|(name, config)| {
+            (deps.connectors)(name, config).map(|connector| (name.clone(), connector))
+        })
+        .collect::<Result<BTreeMap<_, _>, _>>()
+        .map_err(|err| FunctionError::new(ErrorKind::Permanent, err.to_string()))?;
     let discoveries =
         deprov_connectors::discover(&policy, &connectors, event, deps.discovery_timeout).await;
     let plan = match discoveries.and_then(|found| build_plan(event, &policy, &found)) {
@@ -126,9 +128,12 @@ fn state<S, P>(
 mod tests {
     use super::*;
     use deprov_connectors::memory::{MemoryConnector, MemoryDirectory};
+    use deprov_core::policy::SystemConfig;
     use deprov_core::testing::{sample_event, sample_policy, MemoryPolicies, MemoryStore};
+    use deprov_core::Connector;
     use lambda_runtime::Context;
     use serde_json::json;
+    use std::sync::Arc;
 
     fn deps(directory: Arc<MemoryDirectory>) -> Deps<MemoryStore, MemoryPolicies> {
         let policy = sample_policy();
@@ -139,17 +144,8 @@ mod tests {
         Deps {
             store: MemoryStore::default(),
             policies: MemoryPolicies::new(policy),
-            connectors: Box::new(move |policy: &Policy| {
-                Ok(policy
-                    .systems
-                    .keys()
-                    .map(|name| {
-                        (
-                            name.clone(),
-                            Arc::new(MemoryConnector::new(directory.clone())) as Arc<dyn Connector>,
-                        )
-                    })
-                    .collect())
+            connectors: Box::new(move |_system: &str, _config: &SystemConfig| {
+                Ok(Arc::new(MemoryConnector::new(directory.clone())) as Arc<dyn Connector>)
             }),
             queue_urls,
             discovery_timeout: Duration::from_secs(5),

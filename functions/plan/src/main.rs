@@ -34,16 +34,8 @@ async fn main() -> Result<(), Error> {
     let deps = handler::Deps {
         store: DynamoRunStore::new(dynamodb.clone(), runs_table),
         policies: DynamoPolicyStore::new(dynamodb, config_table),
-        connectors: Box::new(move |policy| {
-            policy
-                .systems
-                .iter()
-                .map(|(name, config)| {
-                    deprov_connectors::build(name, config, secrets.clone())
-                        .map(|connector| (name.clone(), connector))
-                        .map_err(|err| err.to_string())
-                })
-                .collect()
+        connectors: Box::new(move |system, config| {
+            deprov_connectors::build(system, config, secrets.clone())
         }),
         queue_urls,
         discovery_timeout: Duration::from_secs(20),

@@ -14,9 +14,10 @@ use std::time::Duration;
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use chrono::{DateTime, Utc};
 use deprov_aws::FunctionError;
+use deprov_core::connector::ConnectorFactory;
 use deprov_core::flow::RunInput;
 use deprov_core::launch::{RunStart, RunStarter};
-use deprov_core::policy::{Retry, SystemConfig};
+use deprov_core::policy::Retry;
 use deprov_core::ports::PolicySource;
 use deprov_core::sweep::{check_blast_radius, findings};
 use deprov_core::{ids, Account, Connector, ConnectorError, ErrorKind, EventKind, LifecycleEvent};
@@ -24,10 +25,6 @@ use lambda_runtime::LambdaEvent;
 use serde::Serialize;
 use serde_json::Value;
 use tracing::Instrument;
-
-/// Builds the connector of one policy system (lazily authenticated).
-pub type ConnectorFactory =
-    dyn Fn(&str, &SystemConfig) -> Result<Arc<dyn Connector>, ConnectorError> + Send + Sync;
 
 pub struct Deps<P, L> {
     pub policies: P,

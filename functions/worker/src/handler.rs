@@ -9,17 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use deprov_core::policy::SystemConfig;
+use deprov_core::connector::ConnectorFactory;
 use deprov_core::ports::{PolicySource, ReportError, RunStore, TaskMessage, TaskReporter};
 use deprov_core::task::{TaskError, TaskStatus};
 use deprov_core::worker::{self, Attempt};
-use deprov_core::{Connector, ConnectorError, ErrorKind, Policy, TaskOutcome};
+use deprov_core::{Connector, ErrorKind, Policy, TaskOutcome};
 use lambda_runtime::LambdaEvent;
 use tracing::Instrument;
-
-/// Builds the connector of one policy system.
-pub type ConnectorFactory =
-    dyn Fn(&str, &SystemConfig) -> Result<Arc<dyn Connector>, ConnectorError> + Send + Sync;
 
 /// A Retry-After up to this long is waited out in the worker (with heartbeats) rather than
 /// handed back to the state machine, whose retry delays cannot follow the target's.
@@ -271,7 +267,9 @@ mod tests {
     use async_trait::async_trait;
     use deprov_connectors::memory::{Fault, MemoryConnector, MemoryDirectory};
     use deprov_core::plan::{AccountRef, Action, Task};
+    use deprov_core::policy::SystemConfig;
     use deprov_core::testing::{sample_policy, MemoryPolicies, MemoryStore};
+    use deprov_core::ConnectorError;
     use lambda_runtime::Context;
     use serde_json::json;
 

@@ -123,6 +123,12 @@ impl ConnectorError {
 
 /// One target system. Every method is safe to call again: `apply` treats "already revoked"
 /// as success, `discover` and `verify` only read.
+/// Builds the connector of one policy system (name, settings); secrets are resolved at
+/// first use. The functions take one, so their tests can hand in fakes.
+pub type ConnectorFactory = dyn Fn(&str, &crate::policy::SystemConfig) -> Result<std::sync::Arc<dyn Connector>, ConnectorError>
+    + Send
+    + Sync;
+
 #[async_trait]
 pub trait Connector: Send + Sync {
     /// The stages this connector can carry out; the planner skips (and records) the rest.
