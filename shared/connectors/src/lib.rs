@@ -8,6 +8,7 @@ use deprov_core::ports::SecretSource;
 use deprov_core::{Connector, ConnectorError};
 
 pub mod aws_iam;
+pub mod aws_sso;
 pub mod discovery;
 pub mod github;
 pub mod google;
@@ -25,6 +26,7 @@ pub use discovery::discover;
 /// The connector kinds a policy may name.
 pub const KINDS: &[&str] = &[
     "scim", "okta", "msgraph", "postgres", "ldap", "slack", "google", "github", "aws_iam",
+    "aws_sso",
 ];
 
 /// Builds the connector of one policy system. Secrets are resolved lazily, at first use.
@@ -61,6 +63,9 @@ pub fn build(
         "aws_iam" => Ok(Arc::new(aws_iam::AwsIamConnector::from_config(
             system, config, secrets,
         )?)),
+        "aws_sso" => Ok(Arc::new(aws_sso::AwsSsoConnector::from_config(
+            system, config, secrets,
+        )?)),
         other => Err(unknown_kind(system, other)),
     }
 }
@@ -77,6 +82,7 @@ pub fn check(system: &str, config: &SystemConfig) -> Vec<String> {
         "google" => google::GoogleConnector::check_config(system, config),
         "github" => github::GitHubConnector::check_config(system, config),
         "aws_iam" => aws_iam::AwsIamConnector::check_config(system, config),
+        "aws_sso" => aws_sso::AwsSsoConnector::check_config(system, config),
         other => vec![unknown_kind(system, other).to_string()],
     }
 }

@@ -1,0 +1,313 @@
+//! The AWS IAM Identity Center connector against moto's identitystore and sso-admin
+//! (moto_server from `$DEPROV_MOTO_SERVER` or `~/.cache/deprov-venv`), through the real
+//! Rust SDKs: a user with two account assignments and a group is discovered, each
+//! entitlement removed (verified, applied again as already done), then the user deleted.
+//! moto reports a deletion as SUCCEEDED at once, so the in-progress poll and the FAILED
+//! path are not exercised here; moto does not check signatures either. Permission sets
+//! are made with an explicit `SessionDuration`: moto's default is a number where AWS
+//! (and the SDK) has an ISO-8601 string.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use deprov_core::event::{EventKind, Person, TerminationType};
+use deprov_core::plan::{build_plan, Action, Discovery, StageKind, Task};
+use deprov_core::policy::Policy;
+use deprov_core::ports::SecretSource;
+use deprov_core::testing::MemorySecrets;
+use deprov_core::{Account, Applied, Connector, LifecycleEvent, PersonQuery};
+use serde_json::{json, Value};
+
+const SECRET: &str = "deprov/connector/sso";
+
+/// Seeds an instance's identity store and sso-admin through boto3 (moto's own venv).
+const SEED: &str = r#"import json, sys, boto3
+endpoint, user = sys.argv[1], sys.argv[2]
+kw = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+admin = boto3.client("sso-admin", **kw)
+store = boto3.client("identitystore", **kw)
+inst = admin.list_instances()["Instances"][0]
+arn, sid = inst["InstanceArn"], inst["IdentityStoreId"]
+uid = store.create_user(IdentityStoreId=sid, UserName=user, DisplayName=user, Name={"GivenName": "Ada", "FamilyName": "L"}, Emails=[{"Value": user + "@example.com", "Primary": True}])["UserId"]
+gid = store.create_group(IdentityStoreId=sid, DisplayName="engineers-" + user)["GroupId"]
+store.create_group_membership(IdentityStoreId=sid, GroupId=gid, MemberId={"UserId": uid})
+account = "123456789012"
+sets = []
+for name in ["ReadOnly", "Admin"]:
+    ps = admin.create_permission_set(InstanceArn=arn, Name=name + user[-6:].replace("-", ""), SessionDuration="PT1H")["PermissionSet"]["PermissionSetArn"]
+    admin.provision_permission_set(InstanceArn=arn, PermissionSetArn=ps, TargetType="AWS_ACCOUNT", TargetId=account)
+    admin.create_account_assignment(InstanceArn=arn, TargetId=account, TargetType="AWS_ACCOUNT", PermissionSetArn=ps, PrincipalType="USER", PrincipalId=uid)
+    sets.append(ps)
+# Another principal on the same set: must not be listed as the user's.
+admin.create_account_assignment(InstanceArn=arn, TargetId=account, TargetType="AWS_ACCOUNT", PermissionSetArn=sets[0], PrincipalType="GROUP", PrincipalId=gid)
+print(json.dumps({"instance_arn": arn, "identity_store_id": sid, "user_id": uid, "group_id": gid, "sets": sets, "account": account}))
+"#;
+
+fn moto_server() -> PathBuf {
+    match std::env::var("DEPROV_MOTO_SERVER") {
+        Ok(path) => PathBuf::from(path),
+        Err(_) => PathBuf::from(std::env::var("HOME").unwrap_or_default())
+            .join(".cache/deprov-venv/bin/moto_server"),
+    }
+}
+
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start() -> Moto {
+    let server = moto_server();
+    assert!(
+        server.exists(),
+        "{} not found: run tests/run.sh (it installs moto[server])",
+        server.display()
+    );
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .unwrap_or_else(|err| panic!("no free port: {err}"));
+    let child = Command::new(server)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot start moto: {err}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "moto did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Moto {
+        child,
+        endpoint: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+fn seed(moto: &Moto, user: &str) -> Value {
+    let python = moto_server().with_file_name("python");
+    let out = Command::new(python)
+        .args(["-c", SEED, &moto.endpoint, user])
+        .output()
+        .unwrap_or_else(|err| panic!("seed: {err}"));
+    assert!(
+        out.status.success(),
+        "seed failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|err| panic!("seed output: {err}"))
+}
+
+fn connector(moto: &Moto, seeded: &Value) -> Arc<dyn Connector> {
+    let config = serde_json::from_value(json!({
+        "kind": "aws_sso",
+        "secret": SECRET,
+        "connection": {
+            "endpoint_url": moto.endpoint,
+            "instance_arn": seeded["instance_arn"],
+            "identity_store_id": seeded["identity_store_id"],
+        },
+    }))
+    .unwrap_or_else(|err| panic!("{err}"));
+    let secrets: Arc<dyn SecretSource> = Arc::new(
+        MemorySecrets::default()
+            .with(SECRET, "access_key_id", "AKIATESTTESTTESTTEST")
+            .with(SECRET, "secret_access_key", "not-a-real-secret"),
+    );
+    deprov_connectors::build("sso", &config, secrets).unwrap_or_else(|err| panic!("build: {err}"))
+}
+
+fn plan(connector: &dyn Connector, account: &Account) -> Vec<Task> {
+    let text = "version = \"sso-test\"\n[scenarios.termination]\nstages = [\"entitlements\", \"delete\"]\n[systems.sso]\nkind = \"aws_sso\"\n";
+    let policy = Policy::parse(text).unwrap_or_else(|err| panic!("{err}"));
+    let event = LifecycleEvent {
+        event_id: format!("evt-{}", account.id),
+        source: "sso-test".into(),
+        kind: EventKind::Termination,
+        termination_type: Some(TerminationType::Involuntary),
+        person: Person {
+            id: format!("P-{}", account.username),
+            email: format!("{}@example.com", account.username),
+            display_name: None,
+            usernames: [("sso".to_string(), account.username.clone())].into(),
+            roles: Vec::new(),
+            manager_email: None,
+        },
+        effective_at: Utc::now().fixed_offset(),
+        reason: None,
+        requested_by: "sso-test".into(),
+        transfer: None,
+        systems: Vec::new(),
+    };
+    let plan = build_plan(
+        &event,
+        &policy,
+        &[Discovery {
+            system: "sso".into(),
+            supports: connector.supports().to_vec(),
+            result: Ok(vec![account.clone()]),
+        }],
+    )
+    .unwrap_or_else(|err| panic!("plan: {err}"));
+    plan.tasks().cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assignments_and_groups_are_removed_then_the_user_deleted() {
+    let moto = start().await;
+    let user = format!("ada-{}", std::process::id());
+    let seeded = seed(&moto, &user);
+    let connector = connector(&moto, &seeded);
+    let user_id = seeded["user_id"].as_str().unwrap_or_default().to_string();
+
+    let nobody = connector
+        .discover(&PersonQuery {
+            person_id: "P-nobody".into(),
+            email: "nobody@example.com".into(),
+            username: Some("nobody".into()),
+        })
+        .await
+        .unwrap_or_else(|err| panic!("discover nobody: {err}"));
+    assert!(nobody.is_empty(), "{nobody:?}");
+
+    let accounts = connector
+        .discover(&PersonQuery {
+            person_id: format!("P-{user}"),
+            email: format!("{user}@example.com"),
+            username: Some(user.clone()),
+        })
+        .await
+        .unwrap_or_else(|err| panic!("discover: {err}"));
+    assert_eq!(accounts.len(), 1, "{accounts:?}");
+    let account = accounts[0].clone();
+    assert_eq!(account.id, user_id);
+    assert_eq!(account.username, user);
+    assert_eq!(
+        account.email.as_deref(),
+        Some(format!("{user}@example.com").as_str())
+    );
+    let mut ids: Vec<(String, String)> = account
+        .entitlements
+        .iter()
+        .map(|e| (e.kind.clone(), e.id.clone()))
+        .collect();
+    ids.sort();
+    let mut expected: Vec<(String, String)> = seeded["sets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|set| {
+            (
+                "account_assignment".to_string(),
+                format!("123456789012/{set}"),
+            )
+        })
+        .collect();
+    expected.push((
+        "group".to_string(),
+        seeded["group_id"].as_str().unwrap_or_default().to_string(),
+    ));
+    expected.sort();
+    assert_eq!(ids, expected, "{account:?}");
+    assert!(account
+        .entitlements
+        .iter()
+        .all(|e| e.kind != "account_assignment" || e.name.contains("in account 123456789012")));
+
+    let tasks = plan(connector.as_ref(), &account);
+    let removals: Vec<&Task> = tasks
+        .iter()
+        .filter(|t| t.action == Action::RemoveEntitlement)
+        .collect();
+    assert_eq!(removals.len(), 3, "{tasks:?}");
+    for task in &removals {
+        let before = connector
+            .verify(task)
+            .await
+            .unwrap_or_else(|err| panic!("verify before: {err}"));
+        assert!(!before.verified, "{:?}", before.observed);
+        let applied = connector
+            .apply(task)
+            .await
+            .unwrap_or_else(|err| panic!("apply {:?}: {err}", task.target));
+        assert_eq!(applied, Applied::Changed, "{:?}", task.target);
+        let evidence = connector
+            .verify(task)
+            .await
+            .unwrap_or_else(|err| panic!("verify: {err}"));
+        assert!(evidence.verified, "{:?}", evidence.observed);
+        assert!(
+            evidence.observed["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("until they expire")),
+            "{:?}",
+            evidence.observed
+        );
+        let again = connector
+            .apply(task)
+            .await
+            .unwrap_or_else(|err| panic!("apply again: {err}"));
+        assert_eq!(again, Applied::AlreadyDone, "{:?}", task.target);
+    }
+    let after = connector
+        .discover(&PersonQuery {
+            person_id: format!("P-{user}"),
+            email: format!("{user}@example.com"),
+            username: Some(user.clone()),
+        })
+        .await
+        .unwrap_or_else(|err| panic!("discover after: {err}"));
+    assert_eq!(after.len(), 1);
+    assert!(after[0].entitlements.is_empty(), "{after:?}");
+
+    let delete = tasks
+        .iter()
+        .find(|t| t.action == Action::Delete)
+        .unwrap_or_else(|| panic!("no delete task in {tasks:?}"));
+    assert!(connector.supports().contains(&StageKind::Delete));
+    let before = connector
+        .verify(delete)
+        .await
+        .unwrap_or_else(|err| panic!("verify delete before: {err}"));
+    assert!(!before.verified);
+    assert_eq!(
+        connector
+            .apply(delete)
+            .await
+            .unwrap_or_else(|err| panic!("delete: {err}")),
+        Applied::Changed
+    );
+    let evidence = connector
+        .verify(delete)
+        .await
+        .unwrap_or_else(|err| panic!("verify delete: {err}"));
+    assert!(evidence.verified, "{:?}", evidence.observed);
+    assert_eq!(
+        connector
+            .apply(delete)
+            .await
+            .unwrap_or_else(|err| panic!("delete again: {err}")),
+        Applied::AlreadyDone
+    );
+    let gone = connector
+        .discover(&PersonQuery {
+            person_id: format!("P-{user}"),
+            email: format!("{user}@example.com"),
+            username: Some(user.clone()),
+        })
+        .await
+        .unwrap_or_else(|err| panic!("discover gone: {err}"));
+    assert!(gone.is_empty(), "{gone:?}");
+}
