@@ -41,6 +41,7 @@ use serde_json::json;
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 
+use crate::aws_sdk::{self, ACCESS_KEY_FIELD, SECRET_KEY_FIELD};
 use crate::http;
 
 const KEYS: &[&str] = &[
@@ -51,9 +52,6 @@ const KEYS: &[&str] = &[
     "timeout_secs",
 ];
 const DEFAULT_REGION: &str = "us-east-1";
-const ACCESS_KEY_FIELD: &str = "access_key_id";
-const SECRET_KEY_FIELD: &str = "secret_access_key";
-const SESSION_TOKEN_FIELD: &str = "session_token";
 
 const ASSIGNMENT: &str = "account_assignment";
 const GROUP: &str = "group";
@@ -221,70 +219,25 @@ impl AwsSsoConnector {
     }
 
     fn credential_source(&self) -> String {
-        match &self.settings.secret {
-            Some(secret) => format!(
-                "the access key in secret \"{secret}\" (fields \"{ACCESS_KEY_FIELD}\", \"{SECRET_KEY_FIELD}\")"
-            ),
-            None => "the default credential chain (the function's role or the environment)"
-                .to_string(),
-        }
+        aws_sdk::credential_source(self.settings.secret.as_deref())
     }
 
     /// The identity store and sso-admin clients and the secret values they sign with.
     async fn clients(&self) -> Result<&Clients, ConnectorError> {
         self.clients
             .get_or_try_init(|| async {
-                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                    .region(aws_config::Region::new(self.settings.region.clone()))
-                    .timeout_config(
-                        aws_config::timeout::TimeoutConfig::builder()
-                            .connect_timeout(Duration::from_secs(5))
-                            .operation_attempt_timeout(self.settings.timeout)
-                            .build(),
-                    );
-                if let Some(url) = &self.settings.endpoint_url {
-                    loader = loader.endpoint_url(url);
-                }
-                let mut values = Vec::new();
-                if let Some(name) = &self.settings.secret {
-                    let what = "its AWS access key";
-                    let secret = self
-                        .secrets
-                        .secret(name)
-                        .await
-                        .map_err(|err| http::secret_error(&self.system, what, &err))?;
-                    let field = |field: &str| {
-                        secret
-                            .field(field)
-                            .map(|v| v.trim().to_string())
-                            .map_err(|err| http::secret_error(&self.system, what, &err))
-                    };
-                    let key_id = field(ACCESS_KEY_FIELD)?;
-                    let secret_key = field(SECRET_KEY_FIELD)?;
-                    let token = secret
-                        .field(SESSION_TOKEN_FIELD)
-                        .ok()
-                        .map(|t| t.trim().to_string())
-                        .filter(|t| !t.is_empty());
-                    if key_id.is_empty() || secret_key.is_empty() {
-                        return Err(ConnectorError::InvalidConfig(format!(
-                            "system \"{}\": field \"{ACCESS_KEY_FIELD}\" or \"{SECRET_KEY_FIELD}\" of secret \"{name}\" is empty; store an AWS access key there",
-                            self.system
-                        )));
-                    }
-                    values.extend([key_id.clone(), secret_key.clone()]);
-                    values.extend(token.clone());
-                    loader = loader.credentials_provider(
-                        aws_sdk_ssoadmin::config::Credentials::new(
-                            key_id,
-                            secret_key,
-                            token,
-                            None,
-                            "deprov-secret",
-                        ),
-                    );
-                }
-                let config = loader.load().await;
+                let (config, values) = aws_sdk::load(
+                    aws_sdk::Target {
+                        system: &self.system,
+                        region: &self.settings.region,
+                        endpoint_url: self.settings.endpoint_url.as_deref(),
+                        timeout: self.settings.timeout,
+                        secret: self.settings.secret.as_deref(),
+                        key_kind: "an AWS access key",
+                    },
+                    &self.secrets,
+                )
+                .await?;
                 Ok((
                     aws_sdk_identitystore::Client::new(&config),
                     aws_sdk_ssoadmin::Client::new(&config),

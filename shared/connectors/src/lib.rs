@@ -8,6 +8,7 @@ use deprov_core::ports::SecretSource;
 use deprov_core::{Connector, ConnectorError};
 
 pub mod aws_iam;
+mod aws_sdk;
 pub mod aws_sso;
 pub mod discovery;
 pub mod github;
