@@ -96,8 +96,16 @@ async fn one<S: RunStore, P: PolicySource, R: TaskReporter>(
     let task = &task_message.task;
     let span = tracing::info_span!("task", run_id = %task.run_id, task_id = %task.task_id, system = %task.system, action = task.action.as_str());
     async {
-        let answer = match connector_for(deps, &task_message).await {
-            Ok(connector) => run(deps, connector.as_ref(), &task_message, &token).await?,
+        // The policy is read once per message (the active one is not cached).
+        let prepared = match policy_for(deps, &task_message).await {
+            Ok(policy) => connector_for(deps, &policy, &task_message.task.system)
+                .map(|connector| (policy, connector)),
+            Err(error) => Err(error),
+        };
+        let answer = match prepared {
+            Ok((policy, connector)) => {
+                run(deps, &policy, connector.as_ref(), &task_message, &token).await?
+            }
             Err(error) => Answer::Failed(error),
         };
         report(deps, &token, answer).await
@@ -114,14 +122,12 @@ enum Answer {
 
 async fn run<S: RunStore, P: PolicySource, R: TaskReporter>(
     deps: &Deps<S, P, R>,
+    policy: &Policy,
     connector: &dyn Connector,
     message: &TaskMessage,
     token: &str,
 ) -> Result<Answer, Redeliver> {
     let task = &message.task;
-    let policy = policy_for(deps, message)
-        .await
-        .map_err(|err| Redeliver::Unanswered(err.message))?;
     loop {
         let attempt = with_heartbeats(deps, token, worker::attempt(connector, &deps.store, task))
             .await
@@ -230,13 +236,12 @@ async fn policy_for<S, P: PolicySource, R>(
     Ok(policy)
 }
 
-async fn connector_for<S, P: PolicySource, R>(
+fn connector_for<S, P, R>(
     deps: &Deps<S, P, R>,
-    message: &TaskMessage,
+    policy: &Policy,
+    system: &str,
 ) -> Result<Arc<dyn Connector>, TaskError> {
-    let policy = policy_for(deps, message).await?;
-    let system = &message.task.system;
-    let key = (policy.version.clone(), system.clone());
+    let key = (policy.version.clone(), system.to_string());
     if let Some(connector) = lock(&deps.cache).get(&key) {
         return Ok(connector.clone());
     }
