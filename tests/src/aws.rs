@@ -214,7 +214,7 @@ impl Emulator {
             _moto: moto,
         };
         emulator.create_resources(&deployment).await;
-        emulator.start_functions(&deployment);
+        emulator.start_functions();
         emulator
     }
 
@@ -362,7 +362,7 @@ impl Emulator {
         function.to_string()
     }
 
-    fn start_functions(&mut self, deployment: &Deployment<'_>) {
+    fn start_functions(&mut self) {
         let queue_urls = serde_json::to_string(&self.queue_urls).unwrap_or_default();
         for function in ["intake", "plan", "worker", "audit"] {
             let name = self.function_name(function);
@@ -393,7 +393,6 @@ impl Emulator {
                     "arn:aws:iam::123456789012:role/deprov-scheduler",
                 )
                 .env("DEPROV_SCHEDULE_GROUP", "default");
-            let _ = deployment;
             self.functions.push(spawn(&name, &mut command, &log));
         }
     }
@@ -539,13 +538,9 @@ impl Emulator {
     fn check_functions(&mut self) {
         let logs = self.logs.path().to_path_buf();
         for process in &mut self.functions {
-            let function = process
-                .name
-                .rsplit('-')
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            process.check_alive(&logs.join(format!("{function}.log")));
+            // Each function's process is named, and logs, by its function name.
+            let log = logs.join(format!("{}.log", process.name));
+            process.check_alive(&log);
         }
     }
 
