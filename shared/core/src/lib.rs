@@ -17,6 +17,7 @@ pub mod launch;
 pub mod plan;
 pub mod policy;
 pub mod ports;
+pub mod restore;
 pub mod signature;
 pub mod sweep;
 pub mod task;

@@ -4,18 +4,19 @@
 //! backoff and jitter, anything unproven escalated, delayed stages persisted and resumed
 //! when due, and rehire/cancel stopping pending stages.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deprov_core::ids;
 use deprov_core::journal;
-use deprov_core::plan::{build_plan, Discovery, Plan, PlanError, Stage};
+use deprov_core::plan::{build_plan, Discovery, Plan, PlanError, Skipped, Stage, StageKind};
 use deprov_core::policy::Policy;
 use deprov_core::ports::{
     AuditLog, Clock, EventClaim, RunRecord, RunStatus, RunStore, StoreError, TaskMessage, TaskQueue,
 };
+use deprov_core::restore::{self, StoppedRun};
 use deprov_core::task::{StageRecord, TaskError, TaskOutcome, TaskStatus};
 use deprov_core::worker::{self, Attempt};
 use deprov_core::{Connector, ErrorKind, LifecycleEvent};
@@ -242,32 +243,34 @@ impl Engine {
                 return Ok(report);
             }
         }
-        if event.kind.stops_pending_runs() {
-            return inner.stop_runs(event, &run_id).await;
-        }
-        let discoveries = inner.discover(event).await?;
-        let plan = match build_plan(event, &inner.policy, &discoveries) {
-            Ok(plan) => plan,
-            Err(refusal) => {
-                inner
-                    .audit
-                    .append(journal::plan_refused(
-                        &run_id,
-                        event,
-                        &refusal.to_string(),
-                        &inner.policy.version,
-                    ))
-                    .await?;
-                return Ok(RunReport {
-                    run_id,
-                    status: RunStatus::Refused,
-                    duplicate: matches!(claim, EventClaim::Existing(_)),
-                    plan: None,
-                    outcomes: Vec::new(),
-                    refused: Some(refusal.to_string()),
-                    wake_at: None,
-                    stopped_runs: Vec::new(),
-                });
+        let plan = if event.kind.stops_pending_runs() {
+            let stopped = inner.stop_runs(event, &run_id).await?;
+            inner.restore_plan(event, &stopped).await?
+        } else {
+            let discoveries = inner.discover(event).await?;
+            match build_plan(event, &inner.policy, &discoveries) {
+                Ok(plan) => plan,
+                Err(refusal) => {
+                    inner
+                        .audit
+                        .append(journal::plan_refused(
+                            &run_id,
+                            event,
+                            &refusal.to_string(),
+                            &inner.policy.version,
+                        ))
+                        .await?;
+                    return Ok(RunReport {
+                        run_id,
+                        status: RunStatus::Refused,
+                        duplicate: matches!(claim, EventClaim::Existing(_)),
+                        plan: None,
+                        outcomes: Vec::new(),
+                        refused: Some(refusal.to_string()),
+                        wake_at: None,
+                        stopped_runs: Vec::new(),
+                    });
+                }
             }
         };
         inner.audit.append(journal::plan_recorded(&plan)).await?;
@@ -286,7 +289,9 @@ impl Engine {
             })
             .await?;
         inner.emit(Progress::Planned(Box::new(plan)));
-        inner.drive(&run_id).await
+        let mut report = inner.drive(&run_id).await?;
+        report.stopped_runs = inner.stopped_by(&run_id).await?;
+        Ok(report)
     }
 
     /// Continues one run as far as it can go now.
@@ -629,7 +634,7 @@ impl Inner {
         &self,
         event: &LifecycleEvent,
         own_run_id: &str,
-    ) -> Result<RunReport, EngineError> {
+    ) -> Result<Vec<RunRecord>, EngineError> {
         let open = self.store.open_runs_for(&event.person.id).await?;
         let mut stopped = Vec::new();
         for mut run in open {
@@ -671,21 +676,70 @@ impl Inner {
                 run_id: run.run_id.clone(),
                 status: RunStatus::Cancelled,
             });
-            stopped.push(run.run_id.clone());
+            stopped.push(run);
         }
+        let ids: Vec<String> = stopped.iter().map(|run| run.run_id.clone()).collect();
         self.audit
-            .append(journal::runs_stopped(own_run_id, event, &stopped))
+            .append(journal::runs_stopped(own_run_id, event, &ids))
             .await?;
-        Ok(RunReport {
-            run_id: own_run_id.to_string(),
-            status: RunStatus::Completed,
-            duplicate: false,
-            plan: None,
-            outcomes: Vec::new(),
-            refused: None,
-            wake_at: None,
-            stopped_runs: stopped,
-        })
+        Ok(stopped)
+    }
+
+    /// What a rehire or cancel puts back: the restore of what the stopped runs did, or,
+    /// when the policy turns restoring off for this kind of event, a plan that only says so.
+    async fn restore_plan(
+        &self,
+        event: &LifecycleEvent,
+        stopped: &[RunRecord],
+    ) -> Result<Plan, EngineError> {
+        let mut runs = Vec::with_capacity(stopped.len());
+        for run in stopped {
+            runs.push(StoppedRun {
+                plan: run.plan.clone(),
+                outcomes: self.store.task_outcomes(&run.run_id).await?,
+            });
+        }
+        let mut plan = restore::restore_plan(event, &self.policy.version, &runs, |system| {
+            self.connectors
+                .get(system)
+                .is_some_and(|connector| connector.supports().contains(&StageKind::Restore))
+        });
+        if !self.policy.restore.applies_to(event.kind) {
+            let systems: BTreeSet<String> = plan.tasks().map(|task| task.system.clone()).collect();
+            plan.stages.clear();
+            plan.skipped
+                .extend(systems.into_iter().map(|system| Skipped {
+                    system,
+                    account: None,
+                    stage: Some(StageKind::Restore),
+                    reason: format!(
+                        "not restored: the policy sets [restore] on_{} = false",
+                        event.kind.as_str()
+                    ),
+                }));
+        }
+        Ok(plan)
+    }
+
+    /// The runs a rehire's or cancel's run stopped, from its audit trail.
+    async fn stopped_by(&self, run_id: &str) -> Result<Vec<String>, EngineError> {
+        Ok(self
+            .audit
+            .records(run_id)
+            .await?
+            .into_iter()
+            .filter(|record| record.body.kind == deprov_core::AuditKind::RunsStopped)
+            .flat_map(|record| {
+                record.body.detail["stopped_runs"]
+                    .as_array()
+                    .map(|ids| {
+                        ids.iter()
+                            .filter_map(|id| id.as_str().map(str::to_string))
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect())
     }
 }
 
