@@ -182,6 +182,9 @@ pub struct Plan {
     pub skipped: Vec<Skipped>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreachable: Vec<Unreachable>,
+    /// The runs this run stopped (a rehire's or cancel's), whose work it restores.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stops: Vec<String>,
 }
 
 impl Plan {
@@ -466,6 +469,7 @@ pub fn build_plan(
         stages,
         skipped,
         unreachable,
+        stops: Vec::new(),
     })
 }
 

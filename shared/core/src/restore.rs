@@ -11,6 +11,8 @@ use crate::connector::Account;
 use crate::event::LifecycleEvent;
 use crate::ids;
 use crate::plan::{AccountRef, Action, Plan, Skipped, Stage, StageKind, Target, Task};
+use crate::policy::Policy;
+use crate::ports::{RunRecord, RunStatus};
 use crate::task::{TaskOutcome, TaskStatus};
 
 /// The scenario name restore plans carry.
@@ -24,11 +26,37 @@ pub struct StoppedRun {
     pub outcomes: Vec<TaskOutcome>,
 }
 
-/// The plan that restores what `stopped` runs did, as the run of `event` (the rehire or
-/// cancel). `can_restore(system)` says whether the system's connector has the restore
-/// stage. The plan has at most one stage, `restore`, not before the event's effective time
-/// (a rehire dated Monday re-enables on Monday).
+/// The plan of a rehire's or cancel's run: the restore of what `stopped` runs did, or,
+/// when the policy turns restoring off for this kind of event, a plan that only says so.
+/// `can_restore(system)` says whether the system's connector has the restore stage.
 pub fn restore_plan(
+    event: &LifecycleEvent,
+    policy: &Policy,
+    stopped: &[StoppedRun],
+    can_restore: impl Fn(&str) -> bool,
+) -> Plan {
+    let mut plan = undo(event, &policy.version, stopped, can_restore);
+    if !policy.restore.applies_to(event.kind) {
+        let systems: BTreeSet<String> = plan.tasks().map(|task| task.system.clone()).collect();
+        plan.stages.clear();
+        plan.skipped
+            .extend(systems.into_iter().map(|system| Skipped {
+                system,
+                account: None,
+                stage: Some(StageKind::Restore),
+                reason: format!(
+                    "not restored: the policy sets [restore] on_{} = false",
+                    event.kind.as_str()
+                ),
+            }));
+    }
+    plan
+}
+
+/// The restore of what `stopped` runs did, as the run of `event`. The plan has at most one
+/// stage, `restore`, not before the event's effective time (a rehire dated Monday
+/// re-enables on Monday).
+fn undo(
     event: &LifecycleEvent,
     policy_version: &str,
     stopped: &[StoppedRun],
@@ -187,7 +215,33 @@ pub fn restore_plan(
         stages,
         skipped,
         unreachable: Vec::new(),
+        stops: stopped.iter().map(|run| run.plan.run_id.clone()).collect(),
     }
+}
+
+/// Why a rehire or cancel stopped a run, as its cancelled tasks and its trail say.
+pub fn cancel_reason(event: &LifecycleEvent) -> String {
+    format!(
+        "cancelled by {} event {} from {}",
+        event.kind.as_str(),
+        event.event_id,
+        event.source
+    )
+}
+
+/// The tasks of `run` a rehire or cancel cancels: every stage after the one running now
+/// (a running stage finishes, its tasks may be in a worker's hands), or from the next one
+/// when the run waits.
+pub fn cancellable_tasks(run: &RunRecord) -> impl Iterator<Item = &Task> {
+    let first_pending = match run.status {
+        RunStatus::Running => run.next_stage + 1,
+        _ => run.next_stage,
+    };
+    run.plan
+        .stages
+        .iter()
+        .skip(first_pending)
+        .flat_map(|stage| stage.tasks.iter())
 }
 
 fn restore_task(
@@ -299,7 +353,12 @@ mod tests {
     #[test]
     fn a_rehire_before_the_delete_stage_enables_and_regrants_from_the_pre_state() {
         let plan = termination(true);
-        let restore = restore_plan(&rehire(), "v1", &[stopped_before_delete(&plan)], |_| true);
+        let restore = restore_plan(
+            &rehire(),
+            &sample_policy(),
+            &[stopped_before_delete(&plan)],
+            |_| true,
+        );
         assert_eq!(restore.scenario, SCENARIO);
         assert_eq!(restore.stages.len(), 1);
         let stage = &restore.stages[0];
@@ -326,7 +385,12 @@ mod tests {
     #[test]
     fn an_account_disabled_before_the_run_stays_disabled() {
         let plan = termination(false);
-        let restore = restore_plan(&rehire(), "v1", &[stopped_before_delete(&plan)], |_| true);
+        let restore = restore_plan(
+            &rehire(),
+            &sample_policy(),
+            &[stopped_before_delete(&plan)],
+            |_| true,
+        );
         let tasks: Vec<&Task> = restore.stages.iter().flat_map(|s| &s.tasks).collect();
         assert!(tasks.iter().all(|t| t.action == Action::RestoreEntitlement));
         assert!(restore
@@ -342,7 +406,7 @@ mod tests {
             outcomes: plan.tasks().map(verified).collect(),
             plan: plan.clone(),
         };
-        let restore = restore_plan(&rehire(), "v1", &[all_done], |_| true);
+        let restore = restore_plan(&rehire(), &sample_policy(), &[all_done], |_| true);
         assert!(restore.stages.is_empty());
         assert!(restore
             .skipped
@@ -360,11 +424,18 @@ mod tests {
                 .collect(),
             plan: plan.clone(),
         };
-        assert!(restore_plan(&rehire(), "v1", &[nothing_ran], |_| true)
-            .stages
-            .is_empty());
+        assert!(
+            restore_plan(&rehire(), &sample_policy(), &[nothing_ran], |_| true)
+                .stages
+                .is_empty()
+        );
 
-        let restore = restore_plan(&rehire(), "v1", &[stopped_before_delete(&plan)], |_| false);
+        let restore = restore_plan(
+            &rehire(),
+            &sample_policy(),
+            &[stopped_before_delete(&plan)],
+            |_| false,
+        );
         assert!(restore.stages.is_empty());
         let unable: Vec<&Skipped> = restore
             .skipped
@@ -381,7 +452,7 @@ mod tests {
         other.run_id = "r-other".into();
         let restore = restore_plan(
             &rehire(),
-            "v1",
+            &sample_policy(),
             &[stopped_before_delete(&plan), stopped_before_delete(&other)],
             |_| true,
         );

@@ -4,14 +4,14 @@
 //! backoff and jitter, anything unproven escalated, delayed stages persisted and resumed
 //! when due, and rehire/cancel stopping pending stages.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deprov_core::ids;
 use deprov_core::journal;
-use deprov_core::plan::{build_plan, Discovery, Plan, PlanError, Skipped, Stage, StageKind};
+use deprov_core::plan::{build_plan, Discovery, Plan, PlanError, Stage, StageKind};
 use deprov_core::policy::Policy;
 use deprov_core::ports::{
     AuditLog, Clock, EventClaim, RunRecord, RunStatus, RunStore, StoreError, TaskMessage, TaskQueue,
@@ -290,7 +290,11 @@ impl Engine {
             .await?;
         inner.emit(Progress::Planned(Box::new(plan)));
         let mut report = inner.drive(&run_id).await?;
-        report.stopped_runs = inner.stopped_by(&run_id).await?;
+        report.stopped_runs = report
+            .plan
+            .as_ref()
+            .map(|plan| plan.stops.clone())
+            .unwrap_or_default();
         Ok(report)
     }
 
@@ -638,26 +642,14 @@ impl Inner {
         let open = self.store.open_runs_for(&event.person.id).await?;
         let mut stopped = Vec::new();
         for mut run in open {
-            // A running stage finishes; everything after it is cancelled.
-            let first_pending = match run.status {
-                RunStatus::Running => run.next_stage + 1,
-                _ => run.next_stage,
-            };
-            let why = format!(
-                "cancelled by {} event {} from {}",
-                event.kind.as_str(),
-                event.event_id,
-                event.source
-            );
-            for stage in run.plan.stages.iter().skip(first_pending) {
-                for task in &stage.tasks {
-                    worker::record(
-                        self.store.as_ref(),
-                        self.audit.as_ref(),
-                        &worker::cancelled(task, &why),
-                    )
-                    .await?;
-                }
+            let why = restore::cancel_reason(event);
+            for task in restore::cancellable_tasks(&run) {
+                worker::record(
+                    self.store.as_ref(),
+                    self.audit.as_ref(),
+                    &worker::cancelled(task, &why),
+                )
+                .await?;
             }
             self.audit
                 .append(journal::run_cancelled(
@@ -685,8 +677,7 @@ impl Inner {
         Ok(stopped)
     }
 
-    /// What a rehire or cancel puts back: the restore of what the stopped runs did, or,
-    /// when the policy turns restoring off for this kind of event, a plan that only says so.
+    /// What a rehire or cancel puts back (`restore::restore_plan`).
     async fn restore_plan(
         &self,
         event: &LifecycleEvent,
@@ -699,47 +690,16 @@ impl Inner {
                 outcomes: self.store.task_outcomes(&run.run_id).await?,
             });
         }
-        let mut plan = restore::restore_plan(event, &self.policy.version, &runs, |system| {
-            self.connectors
-                .get(system)
-                .is_some_and(|connector| connector.supports().contains(&StageKind::Restore))
-        });
-        if !self.policy.restore.applies_to(event.kind) {
-            let systems: BTreeSet<String> = plan.tasks().map(|task| task.system.clone()).collect();
-            plan.stages.clear();
-            plan.skipped
-                .extend(systems.into_iter().map(|system| Skipped {
-                    system,
-                    account: None,
-                    stage: Some(StageKind::Restore),
-                    reason: format!(
-                        "not restored: the policy sets [restore] on_{} = false",
-                        event.kind.as_str()
-                    ),
-                }));
-        }
-        Ok(plan)
-    }
-
-    /// The runs a rehire's or cancel's run stopped, from its audit trail.
-    async fn stopped_by(&self, run_id: &str) -> Result<Vec<String>, EngineError> {
-        Ok(self
-            .audit
-            .records(run_id)
-            .await?
-            .into_iter()
-            .filter(|record| record.body.kind == deprov_core::AuditKind::RunsStopped)
-            .flat_map(|record| {
-                record.body.detail["stopped_runs"]
-                    .as_array()
-                    .map(|ids| {
-                        ids.iter()
-                            .filter_map(|id| id.as_str().map(str::to_string))
-                            .collect::<Vec<_>>()
-                    })
-                    .unwrap_or_default()
-            })
-            .collect())
+        Ok(restore::restore_plan(
+            event,
+            &self.policy,
+            &runs,
+            |system| {
+                self.connectors
+                    .get(system)
+                    .is_some_and(|connector| connector.supports().contains(&StageKind::Restore))
+            },
+        ))
     }
 }
 
