@@ -332,7 +332,7 @@ impl RunStore for DynamoRunStore {
 
     async fn due_runs(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
         let mut due = Vec::new();
-        for status in [RunStatus::Running, RunStatus::Waiting] {
+        for status in RunStatus::OPEN {
             let items = self
                 .query(
                     Some("by_status"),

@@ -151,3 +151,47 @@ pub fn runs_stopped(run_id: &str, event: &LifecycleEvent, stopped: &[String]) ->
         json!({"event": event, "stopped_runs": stopped}),
     )
 }
+
+/// The run waits for approval until `until`.
+pub fn approval_requested(plan: &Plan, until: chrono::DateTime<chrono::Utc>) -> AuditEntry {
+    run_entry(
+        &plan.run_id,
+        &plan.event.person.id,
+        "approval:requested".into(),
+        AuditKind::ApprovalRequested,
+        json!({"reasons": plan.approval, "until": until, "tasks": plan.task_count()}),
+    )
+}
+
+/// A person approved or denied the run. One decision per run: a second one is the first
+/// one again (same key).
+pub fn approval_decided(
+    run_id: &str,
+    subject: &str,
+    approved: bool,
+    by: &str,
+    reason: &str,
+) -> AuditEntry {
+    run_entry(
+        run_id,
+        subject,
+        "approval:decided".into(),
+        AuditKind::ApprovalDecided,
+        json!({"decision": if approved { "approved" } else { "denied" }, "by": by, "reason": reason}),
+    )
+}
+
+/// Nobody approved the run before `until`.
+pub fn approval_timed_out(
+    run_id: &str,
+    subject: &str,
+    until: chrono::DateTime<chrono::Utc>,
+) -> AuditEntry {
+    run_entry(
+        run_id,
+        subject,
+        "approval:timed_out".into(),
+        AuditKind::ApprovalTimedOut,
+        json!({"until": until, "reason": "no approval before the deadline; nothing was changed"}),
+    )
+}
