@@ -330,6 +330,7 @@ mod tests {
                 stages: vec![StageKind::Disable],
                 delays: BTreeMap::new(),
                 overrides: BTreeMap::new(),
+                approval: false,
             },
         );
         policy.retry.max_attempts = 2;
