@@ -42,6 +42,8 @@ for name in ["ReadOnly", "Admin"]:
     admin.provision_permission_set(InstanceArn=arn, PermissionSetArn=ps, TargetType="AWS_ACCOUNT", TargetId=account)
     admin.create_account_assignment(InstanceArn=arn, TargetId=account, TargetType="AWS_ACCOUNT", PermissionSetArn=ps, PrincipalType="USER", PrincipalId=uid)
     sets.append(ps)
+# An inline policy of the customer's own, which the deny statement must leave alone.
+admin.put_inline_policy_to_permission_set(InstanceArn=arn, PermissionSetArn=sets[0], InlinePolicy=json.dumps({"Version": "2012-10-17", "Statement": [{"Sid": "ReadLogs", "Effect": "Allow", "Action": "logs:Get*", "Resource": "*"}]}))
 # Another principal on the same set: must not be listed as the user's.
 admin.create_account_assignment(InstanceArn=arn, TargetId=account, TargetType="AWS_ACCOUNT", PermissionSetArn=sets[0], PrincipalType="GROUP", PrincipalId=gid)
 print(json.dumps({"instance_arn": arn, "identity_store_id": sid, "user_id": uid, "group_id": gid, "sets": sets, "account": account}))
@@ -110,6 +112,10 @@ fn seed(moto: &Moto, user: &str) -> Value {
 }
 
 fn connector(moto: &Moto, seeded: &Value) -> Arc<dyn Connector> {
+    connector_with(moto, seeded, false)
+}
+
+fn connector_with(moto: &Moto, seeded: &Value, deny_policy: bool) -> Arc<dyn Connector> {
     let config = serde_json::from_value(json!({
         "kind": "aws_sso",
         "secret": SECRET,
@@ -117,6 +123,7 @@ fn connector(moto: &Moto, seeded: &Value) -> Arc<dyn Connector> {
             "endpoint_url": moto.endpoint,
             "instance_arn": seeded["instance_arn"],
             "identity_store_id": seeded["identity_store_id"],
+            "deny_policy": deny_policy,
         },
     }))
     .unwrap_or_else(|err| panic!("{err}"));
@@ -310,4 +317,155 @@ async fn assignments_and_groups_are_removed_then_the_user_deleted() {
         .await
         .unwrap_or_else(|err| panic!("discover gone: {err}"));
     assert!(gone.is_empty(), "{gone:?}");
+}
+
+/// The inline policy of a permission set, read with boto3 (not through the connector).
+fn inline_policy(moto: &Moto, seeded: &Value, set: &str) -> Value {
+    let python = moto_server().with_file_name("python");
+    let code = r#"import json, sys, boto3
+admin = boto3.client("sso-admin", endpoint_url=sys.argv[1], region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+print(admin.get_inline_policy_for_permission_set(InstanceArn=sys.argv[2], PermissionSetArn=sys.argv[3])["InlinePolicy"] or "{}")
+"#;
+    let out = Command::new(python)
+        .args([
+            "-c",
+            code,
+            &moto.endpoint,
+            seeded["instance_arn"].as_str().unwrap_or_default(),
+            set,
+        ])
+        .output()
+        .unwrap_or_else(|err| panic!("read policy: {err}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|err| panic!("policy JSON: {err}"))
+}
+
+fn sids(policy: &Value) -> Vec<String> {
+    policy["Statement"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["Sid"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deny_policy_disables_every_session_and_a_restore_lifts_it() {
+    let moto = start().await;
+    let user = format!("grace-{}", std::process::id());
+    let seeded = seed(&moto, &user);
+    let plain = connector(&moto, &seeded);
+    assert!(!plain.supports().contains(&StageKind::Disable));
+    let connector = connector_with(&moto, &seeded, true);
+    assert!(connector.supports().contains(&StageKind::Disable));
+    assert!(connector.supports().contains(&StageKind::Restore));
+    let user_id = seeded["user_id"].as_str().unwrap_or_default().to_string();
+    let sets: Vec<String> = seeded["sets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect();
+    let task = |action: Action| Task {
+        task_id: format!("t-{}", action.as_str()),
+        run_id: "r-deny".into(),
+        system: "sso".into(),
+        action,
+        account: deprov_core::plan::AccountRef {
+            id: user_id.clone(),
+            username: user.clone(),
+        },
+        target: None,
+        person_id: format!("P-{user}"),
+    };
+
+    let disable = task(Action::Disable);
+    assert!(
+        !connector
+            .verify(&disable)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .verified
+    );
+    assert_eq!(
+        connector
+            .apply(&disable)
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        Applied::Changed
+    );
+    let evidence = connector
+        .verify(&disable)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(evidence.verified, "{:?}", evidence.observed);
+    assert!(evidence.observed["permission_sets"]
+        .as_array()
+        .is_some_and(|sets| sets.len() >= 2));
+    assert_eq!(
+        connector
+            .apply(&disable)
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        Applied::AlreadyDone
+    );
+    for set in &sets {
+        let policy = inline_policy(&moto, &seeded, set);
+        assert!(
+            sids(&policy).contains(&"DeprovDeniedUsers".to_string()),
+            "{policy}"
+        );
+        let denied = policy["Statement"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["Sid"] == "DeprovDeniedUsers")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(denied["Effect"], "Deny");
+        assert_eq!(
+            denied["Condition"]["StringEquals"]["identitystore:userId"],
+            json!([user_id])
+        );
+    }
+    assert!(sids(&inline_policy(&moto, &seeded, &sets[0])).contains(&"ReadLogs".to_string()));
+
+    // A rehire lifts it, and the customer's own statement is still there.
+    let enable = task(Action::Enable);
+    assert_eq!(
+        connector
+            .apply(&enable)
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        Applied::Changed
+    );
+    assert!(
+        connector
+            .verify(&enable)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .verified
+    );
+    assert_eq!(sids(&inline_policy(&moto, &seeded, &sets[0])), ["ReadLogs"]);
+    assert!(sids(&inline_policy(&moto, &seeded, &sets[1])).is_empty());
+
+    // Orphan sweeps see the identity store's users (no sign-in time is kept there).
+    let listed = connector
+        .list_accounts()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let found = listed
+        .iter()
+        .find(|a| a.id == user_id)
+        .unwrap_or_else(|| panic!("{user_id} not listed: {listed:?}"));
+    assert_eq!(found.username, user);
+    assert_eq!(
+        found.email.as_deref(),
+        Some(format!("{user}@example.com").as_str())
+    );
+    assert!(found.last_activity.is_none());
 }
