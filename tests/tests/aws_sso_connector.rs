@@ -20,6 +20,8 @@ use deprov_core::policy::Policy;
 use deprov_core::ports::SecretSource;
 use deprov_core::testing::MemorySecrets;
 use deprov_core::{Account, Applied, Connector, LifecycleEvent, PersonQuery};
+use deprov_tests::conformance::{check_all, ConformanceTarget};
+use deprov_tests::fault_proxy::{FaultProxy, Protocol};
 use serde_json::{json, Value};
 
 const SECRET: &str = "deprov/connector/sso";
@@ -468,4 +470,118 @@ async fn the_deny_policy_disables_every_session_and_a_restore_lifts_it() {
         Some(format!("{user}@example.com").as_str())
     );
     assert!(found.last_activity.is_none());
+}
+
+const GOOD_KEY_ID: &str = "AKIASSOCONFORMANCE01";
+const GOOD_SECRET: &str = "sso-conformance-secret-0123456789";
+const WRONG_KEY_ID: &str = "AKIASSOWRONGKEY00001";
+const WRONG_SECRET: &str = "sso-wrong-secret-9876543210";
+
+/// moto's sso-admin and identitystore behind the fault proxy, which throttles and fails on
+/// demand and refuses a key other than the configured one (moto checks no signature here).
+struct Sso {
+    moto: Moto,
+    proxy: FaultProxy,
+    instance: Value,
+}
+
+fn sso_secrets(key_id: &str, secret: &str) -> Arc<dyn SecretSource> {
+    Arc::new(
+        MemorySecrets::default()
+            .with(SECRET, "access_key_id", key_id)
+            .with(SECRET, "secret_access_key", secret),
+    )
+}
+
+#[async_trait::async_trait]
+impl ConformanceTarget for Sso {
+    fn system(&self) -> (String, deprov_core::policy::SystemConfig) {
+        let config = serde_json::from_value(json!({
+            "kind": "aws_sso",
+            "secret": SECRET,
+            "connection": {
+                "endpoint_url": self.proxy.endpoint,
+                "instance_arn": self.instance["instance_arn"],
+                "identity_store_id": self.instance["identity_store_id"],
+                "deny_policy": true,
+            },
+        }))
+        .unwrap_or_else(|err| panic!("{err}"));
+        ("sso".into(), config)
+    }
+    fn secrets(&self) -> Arc<dyn SecretSource> {
+        sso_secrets(GOOD_KEY_ID, GOOD_SECRET)
+    }
+    fn secret_values(&self) -> Vec<String> {
+        vec![GOOD_SECRET.into(), WRONG_SECRET.into()]
+    }
+    fn wrong_secrets(&self) -> Arc<dyn SecretSource> {
+        sso_secrets(WRONG_KEY_ID, WRONG_SECRET)
+    }
+    async fn seed_person(&self, tag: &str) -> PersonQuery {
+        let user = format!("conf-{tag}-{}", std::process::id());
+        seed(&self.moto, &user);
+        PersonQuery {
+            person_id: format!("P-{tag}"),
+            email: format!("{user}@example.com"),
+            username: Some(user),
+        }
+    }
+    async fn remove_account(&self, account: &Account) {
+        let python = moto_server().with_file_name("python");
+        let code = r#"import sys, boto3
+store = boto3.client("identitystore", endpoint_url=sys.argv[1], region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+store.delete_user(IdentityStoreId=sys.argv[2], UserId=sys.argv[3])
+"#;
+        let out = Command::new(python)
+            .args([
+                "-c",
+                code,
+                &self.moto.endpoint,
+                self.instance["identity_store_id"]
+                    .as_str()
+                    .unwrap_or_default(),
+                &account.id,
+            ])
+            .output()
+            .unwrap_or_else(|err| panic!("delete user: {err}"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    fn throttle_next(&self, n: u32) -> bool {
+        self.proxy.throttle_next(n);
+        true
+    }
+    fn fail_next(&self, n: u32) -> bool {
+        self.proxy.fail_next(n);
+        true
+    }
+    fn stages(&self) -> Vec<StageKind> {
+        vec![
+            StageKind::Disable,
+            StageKind::Entitlements,
+            StageKind::Delete,
+        ]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_sso_conforms() {
+    let moto = start().await;
+    let instance = seed(&moto, &format!("conf-instance-{}", std::process::id()));
+    let proxy = FaultProxy::start(&moto.endpoint, Protocol::Json).await;
+    proxy.require_key_id(GOOD_KEY_ID);
+    let target = Sso {
+        moto,
+        proxy,
+        instance,
+    };
+    check_all(&target).await;
+    assert!(
+        target.proxy.injected() >= 6 + 2,
+        "every storm reached the connector"
+    );
 }

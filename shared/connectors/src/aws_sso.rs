@@ -838,11 +838,17 @@ impl AwsSsoConnector {
     /// Adds the user to (`deny`) or takes them out of the deny statement of every
     /// permission set, and provisions each changed set to its accounts.
     async fn set_denied(&self, user_id: &str, deny: bool) -> Result<Applied, ConnectorError> {
-        if !deny && !self.user_exists(user_id).await? {
-            return Err(ConnectorError::NotFound(format!(
-                "system \"{}\": user {user_id} no longer exists, so there is nothing to enable",
-                self.system
-            )));
+        if !self.user_exists(user_id).await? {
+            // A user that is gone signs in no more; deny statements are kept for users
+            // that exist, so the inline policies do not fill up with the departed.
+            return if deny {
+                Ok(Applied::AlreadyDone)
+            } else {
+                Err(ConnectorError::NotFound(format!(
+                    "system \"{}\": user {user_id} no longer exists, so there is nothing to enable",
+                    self.system
+                )))
+            };
         }
         let (_, admin, _) = self.clients().await?;
         let mut changed = false;
@@ -908,14 +914,15 @@ impl AwsSsoConnector {
 
     async fn evidence(&self, task: &Task) -> Result<Evidence, ConnectorError> {
         let user_id = task.account.id.as_str();
+        let exists = self.user_exists(user_id).await?;
         match task.action {
-            Action::Disable => return self.deny_evidence(user_id, true).await,
-            Action::Enable => return self.deny_evidence(user_id, false).await,
+            Action::Disable if exists => return self.deny_evidence(user_id, true).await,
+            Action::Enable if exists => return self.deny_evidence(user_id, false).await,
             _ => {}
         }
-        if !self.user_exists(user_id).await? {
+        if !exists {
             return Ok(Evidence {
-                verified: true,
+                verified: task.action != Action::Enable,
                 observed: json!({
                     "DescribeUser": {"UserId": user_id, "error": "ResourceNotFoundException"},
                     "note": SESSIONS_NOTE,
@@ -1018,6 +1025,11 @@ impl Connector for AwsSsoConnector {
         async {
             let user_id = task.account.id.as_str();
             let applied = match task.action {
+                // A user that is gone holds nothing any more (assignments left behind for
+                // a deleted principal grant nobody anything).
+                Action::RemoveEntitlement if !self.user_exists(user_id).await? => {
+                    Ok(Applied::AlreadyDone)
+                }
                 Action::RemoveEntitlement => {
                     let target = self.target(task)?;
                     if target.kind == ASSIGNMENT {
