@@ -542,7 +542,7 @@ impl GraphConnector {
     fn target<'t>(&self, task: &'t Task) -> Result<(&'t str, &'t str), ConnectorError> {
         let target = task.target.as_ref().ok_or_else(|| {
             ConnectorError::Permanent(format!(
-                "task {} removes an entitlement but names no target",
+                "task {} acts on an entitlement but names no target",
                 task.task_id
             ))
         })?;
@@ -557,7 +557,7 @@ impl GraphConnector {
                 target.name
             ))),
             other => Err(ConnectorError::Unsupported(format!(
-                "remove a \"{other}\" entitlement (groups and licenses only)"
+                "act on a \"{other}\" entitlement (groups and licenses only)"
             ))),
         }
     }

@@ -374,7 +374,7 @@ impl OktaConnector {
     fn target_group<'t>(&self, task: &'t Task) -> Result<&'t str, ConnectorError> {
         let target = task.target.as_ref().ok_or_else(|| {
             ConnectorError::Permanent(format!(
-                "task {} removes an entitlement but names no target group",
+                "task {} acts on an entitlement but names no target group",
                 task.task_id
             ))
         })?;
@@ -385,7 +385,7 @@ impl OktaConnector {
                 target.name
             ))),
             other => Err(ConnectorError::Unsupported(format!(
-                "remove a \"{other}\" entitlement (Okta groups only)"
+                "act on a \"{other}\" entitlement (Okta groups only)"
             ))),
         }
     }
