@@ -99,7 +99,9 @@ pub fn owner<'p>(
         if person.is_active(now) {
             return Owner::Active(person);
         }
-        departed.get_or_insert(person);
+        if departed.is_none() {
+            departed = Some(person);
+        }
     }
     departed.map_or(Owner::Unknown, Owner::Departed)
 }
