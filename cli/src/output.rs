@@ -313,7 +313,25 @@ pub fn summarize(report: &RunReport) -> u8 {
                 );
             }
         }
-        RunStatus::Completed => {}
+        RunStatus::Completed => {
+            let restored = report
+                .outcomes
+                .iter()
+                .filter(|o| o.task.stage() == deprov_core::StageKind::Restore)
+                .count();
+            if restored > 0 {
+                println!(
+                    "Run {} restored what those runs had done: {verified} restore tasks verified ({} changed, {unchanged} already in place). What cannot come back is listed as skipped in the plan.",
+                    report.run_id,
+                    verified - unchanged
+                );
+            } else {
+                println!(
+                    "Run {}: nothing to restore (see the plan's skipped list for what was not put back).",
+                    report.run_id
+                );
+            }
+        }
         RunStatus::Cancelled => println!("Run {} was cancelled before its remaining stages.", report.run_id),
         RunStatus::Running => println!("Run {} is still running.", report.run_id),
     }

@@ -215,3 +215,142 @@ async fn a_termination_locks_ldap_and_postgres_ends_the_session_and_strips_every
     );
     assert!(!slapd.bind_as(&ada, ADA_LDAP_PASSWORD));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rehire_before_the_delete_stage_restores_ldap_and_postgres_from_the_pre_state() {
+    let (slapd, pg) = (
+        tokio::task::spawn_blocking(Slapd::start),
+        Postgres::start().await,
+    );
+    let slapd = slapd.await.unwrap();
+    let ada = slapd.add_user("ada", "ada@example.com", ADA_LDAP_PASSWORD);
+    let grace = slapd.add_user("grace", "grace@example.com", "grace-Secret-1");
+    let groups = [
+        slapd.add_group("engineering", &[&ada, &grace]),
+        slapd.add_group("vpn-users", &[&ada, &grace]),
+    ];
+    pg.create_group_role("archive").await;
+    pg.create_login_role("ada", ADA_PG_PASSWORD).await;
+    for group in ["analysts", "writers"] {
+        pg.create_group_role(group).await;
+        pg.grant(group, "ada").await;
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("policy.toml");
+    let db = dir.path().join("deprov.db");
+    std::fs::write(&policy_path, policy(&slapd, &pg)).unwrap();
+    let termination_path = dir.path().join("termination.json");
+    std::fs::write(&termination_path, event()).unwrap();
+    let mut rehire: serde_json::Value = serde_json::from_str(&event()).unwrap();
+    rehire["event_id"] = "hr-e2e-rehire-1".into();
+    rehire["kind"] = "rehire".into();
+    rehire["reason"] = "offer accepted again".into();
+    rehire.as_object_mut().unwrap().remove("termination_type");
+    let rehire_path = dir.path().join("rehire.json");
+    std::fs::write(&rehire_path, rehire.to_string()).unwrap();
+    let run = |event: &'static str| {
+        [
+            "run",
+            "--policy",
+            policy_path.to_str().unwrap(),
+            "--event",
+            event,
+            "--db",
+            db.to_str().unwrap(),
+        ]
+    };
+    let termination_path: &'static str = termination_path.to_str().unwrap().to_string().leak();
+    let rehire_path: &'static str = rehire_path.to_str().unwrap().to_string().leak();
+
+    let terminated = deprov(dir.path(), &slapd, &pg, &run(termination_path)).await;
+    assert_eq!(terminated.status.code(), Some(0), "{}", text(&terminated));
+    assert!(!slapd.bind_as(&ada, ADA_LDAP_PASSWORD));
+    assert!(pg.connect_as("ada", ADA_PG_PASSWORD).await.is_err());
+
+    // Rehired before the 30-day delete: the delete is cancelled and the pre-state is back.
+    let rehired = deprov(dir.path(), &slapd, &pg, &run(rehire_path)).await;
+    let rehired_text = text(&rehired);
+    assert_eq!(rehired.status.code(), Some(0), "{rehired_text}");
+    assert!(
+        rehired_text.contains("Stopped the pending stages of"),
+        "{rehired_text}"
+    );
+    assert!(
+        slapd.bind_as(&ada, ADA_LDAP_PASSWORD),
+        "ada binds again:\n{rehired_text}"
+    );
+    assert!(slapd.values(&ada, "pwdAccountLockedTime").is_empty());
+    for group in &groups {
+        let members = slapd.members(group);
+        assert!(
+            members.iter().any(|m| m.eq_ignore_ascii_case(&ada)),
+            "{group} does not list ada again: {members:?}"
+        );
+        assert!(members.contains(&grace));
+    }
+    assert!(
+        pg.connect_as("ada", ADA_PG_PASSWORD).await.is_ok(),
+        "ada cannot log in to PostgreSQL again:\n{rehired_text}"
+    );
+    let role = pg.role("ada").await.expect("never dropped");
+    assert!(role.can_login);
+    let mut member_of = role.member_of.clone();
+    member_of.sort();
+    assert_eq!(member_of, ["analysts", "writers"]);
+
+    let verify = deprov(
+        dir.path(),
+        &slapd,
+        &pg,
+        &["audit", "verify", "--db", db.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+
+    // The person's trail tells the whole story, in order.
+    let shown = deprov(
+        dir.path(),
+        &slapd,
+        &pg,
+        &[
+            "audit",
+            "show",
+            "--person",
+            "E0815",
+            "--json",
+            "--db",
+            db.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(shown.status.code(), Some(0), "{}", text(&shown));
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&shown.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let kinds: Vec<&str> = records.iter().filter_map(|r| r["kind"].as_str()).collect();
+    for kind in [
+        "plan_recorded",
+        "stage_deferred",
+        "run_cancelled",
+        "runs_stopped",
+        "run_finished",
+    ] {
+        assert!(kinds.contains(&kind), "no {kind} in {kinds:?}");
+    }
+    let actions: Vec<&str> = records
+        .iter()
+        .filter(|r| r["kind"] == "task_completed")
+        .filter_map(|r| r["detail"]["action"].as_str())
+        .collect();
+    for action in [
+        "disable",
+        "remove_entitlement",
+        "delete",
+        "enable",
+        "restore_entitlement",
+    ] {
+        assert!(actions.contains(&action), "no {action} task in {actions:?}");
+    }
+}

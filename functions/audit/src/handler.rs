@@ -7,7 +7,8 @@ use chrono::Utc;
 use deprov_aws::FunctionError;
 use deprov_core::flow::{AuditRequest, RunSummary};
 use deprov_core::ports::{AuditLog, RunRecord, RunStatus, RunStore};
-use deprov_core::task::StageRecord;
+use deprov_core::restore;
+use deprov_core::task::{StageRecord, TaskStatus};
 use deprov_core::{journal, worker, ErrorKind};
 use lambda_runtime::LambdaEvent;
 use serde::Serialize;
@@ -84,6 +85,9 @@ async fn record<S: RunStore, A: AuditLog>(
             refusal: None,
         } => {
             let run = run_of(&deps.store, &run_id).await?;
+            if !run.plan.stops.is_empty() {
+                record_stopped_runs(deps, &run).await?;
+            }
             let record = deps.audit.append(journal::plan_recorded(&run.plan)).await?;
             Ok(Recorded::Entry {
                 run_id,
@@ -113,7 +117,9 @@ async fn record<S: RunStore, A: AuditLog>(
             );
             let wake_at = planned.not_before.with_timezone(&Utc);
             let record = deps.audit.append(entry).await?;
-            run.status = RunStatus::Waiting;
+            if run.status != RunStatus::Cancelled {
+                run.status = RunStatus::Waiting;
+            }
             run.next_stage = index;
             run.wake_at = Some(wake_at);
             run.updated_at = Utc::now();
@@ -154,7 +160,9 @@ async fn record<S: RunStore, A: AuditLog>(
             let mut entries: Vec<_> = outcomes.iter().map(worker::audit_entry).collect();
             entries.push(journal::stage_completed(&tally, &run.person_id));
             deps.audit.append_batch(entries).await?;
-            run.status = RunStatus::Running;
+            if run.status != RunStatus::Cancelled {
+                run.status = RunStatus::Running;
+            }
             run.next_stage = index + 1;
             run.wake_at = None;
             run.updated_at = Utc::now();
@@ -173,6 +181,21 @@ async fn record<S: RunStore, A: AuditLog>(
                 ));
             }
             let outcomes = deps.store.task_outcomes(&run_id).await?;
+            if run.status == RunStatus::Cancelled {
+                // A rehire or cancel stopped this run and its trail ends with that; an
+                // execution that was not stopped (one a schedule started, under another
+                // name) arrives here with its pending tasks answered as cancelled.
+                return Ok(Recorded::Run(RunSummary {
+                    run_id,
+                    status: RunStatus::Cancelled,
+                    tasks: run.plan.task_count(),
+                    verified: outcomes
+                        .iter()
+                        .filter(|o| o.status == TaskStatus::Verified)
+                        .count(),
+                    escalations: Vec::new(),
+                }));
+            }
             let (summary, entry) = journal::run_finished(&run.plan, &outcomes);
             if let Some(error) = &stages_error {
                 tracing::error!(error = %error.error, "the stages stopped early");
@@ -185,6 +208,44 @@ async fn record<S: RunStore, A: AuditLog>(
             Ok(Recorded::Run(summary))
         }
     }
+}
+
+/// The trails of the runs a rehire or cancel stopped (BuildPlan stopped them and recorded
+/// their pending tasks as cancelled): each cancelled task, then the run's cancellation;
+/// then, in this run's trail, which runs it stopped — the entries the local orchestrator
+/// writes, in its order.
+async fn record_stopped_runs<S: RunStore, A: AuditLog>(
+    deps: &Deps<S, A>,
+    run: &RunRecord,
+) -> Result<(), FunctionError> {
+    let event = &run.plan.event;
+    let why = restore::cancel_reason(event);
+    for stopped_id in &run.plan.stops {
+        let stopped = run_of(&deps.store, stopped_id).await?;
+        let outcomes = deps.store.task_outcomes(stopped_id).await?;
+        let order: Vec<&str> = stopped.plan.tasks().map(|t| t.task_id.as_str()).collect();
+        let mut cancelled: Vec<_> = outcomes
+            .iter()
+            .filter(|o| o.status == TaskStatus::Cancelled)
+            .collect();
+        cancelled.sort_by_key(|o| order.iter().position(|id| *id == o.task.task_id));
+        for outcome in cancelled {
+            deps.audit.append(worker::audit_entry(outcome)).await?;
+        }
+        deps.audit
+            .append(journal::run_cancelled(
+                stopped_id,
+                &stopped.person_id,
+                &run.run_id,
+                event,
+                &why,
+            ))
+            .await?;
+    }
+    deps.audit
+        .append(journal::runs_stopped(&run.run_id, event, &run.plan.stops))
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -229,6 +290,7 @@ mod tests {
             }],
             skipped: Vec::new(),
             unreachable: Vec::new(),
+            stops: Vec::new(),
         };
         let now = Utc::now();
         store

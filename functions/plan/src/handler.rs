@@ -1,6 +1,12 @@
 //! BuildPlan: a run input (from intake, a schedule, a sweep or the console) → discovery on
 //! every system in scope → the plan, stored once in the runs table → the state the stages
 //! work from.
+//!
+//! A rehire or cancel plans differently: the person's open runs are stopped (their
+//! executions ended, their pending tasks recorded as cancelled) and the plan restores
+//! what those runs did, from the pre-state their plans captured. The plan, naming the runs
+//! it stops, is stored *before* they are stopped, so a retried BuildPlan stops the same
+//! runs and restores the same things.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -9,24 +15,28 @@ use chrono::Utc;
 use deprov_aws::FunctionError;
 use deprov_core::connector::ConnectorFactory;
 use deprov_core::flow::{planned_run, PlannedRun, Refusal, RunInput, Verdict};
-use deprov_core::plan::build_plan;
+use deprov_core::launch::RunStopper;
+use deprov_core::plan::{build_plan, StageKind};
 use deprov_core::ports::{PolicySource, RunRecord, RunStatus, RunStore};
-use deprov_core::{ids, ErrorKind, Policy};
+use deprov_core::restore::{self, StoppedRun};
+use deprov_core::{ids, worker, ErrorKind, LifecycleEvent, Plan, Policy};
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use tracing::Instrument;
 
-pub struct Deps<S, P> {
+pub struct Deps<S, P, X> {
     pub store: S,
     pub policies: P,
+    /// Ends the executions of runs a rehire or cancel stops.
+    pub stopper: X,
     pub connectors: Box<ConnectorFactory>,
     /// Connector kind → the URL of its task queue.
     pub queue_urls: BTreeMap<String, String>,
     pub discovery_timeout: Duration,
 }
 
-pub async fn handle<S: RunStore, P: PolicySource>(
-    deps: &Deps<S, P>,
+pub async fn handle<S: RunStore, P: PolicySource, X: RunStopper>(
+    deps: &Deps<S, P, X>,
     event: LambdaEvent<Value>,
 ) -> Result<PlannedRun, FunctionError> {
     let input = RunInput::parse(&event.payload)
@@ -36,8 +46,8 @@ pub async fn handle<S: RunStore, P: PolicySource>(
     build(deps, input, run_id).instrument(span).await
 }
 
-async fn build<S: RunStore, P: PolicySource>(
-    deps: &Deps<S, P>,
+async fn build<S: RunStore, P: PolicySource, X: RunStopper>(
+    deps: &Deps<S, P, X>,
     input: RunInput,
     run_id: String,
 ) -> Result<PlannedRun, FunctionError> {
@@ -47,6 +57,9 @@ async fn build<S: RunStore, P: PolicySource>(
     if let Some(run) = deps.store.get_run(&run_id).await? {
         let policy = deps.policies.version(&run.plan.policy_version).await?;
         tracing::info!("plan exists; reusing it");
+        if run.status != RunStatus::DryRun {
+            stop_runs(deps, event, &run.plan.stops).await?;
+        }
         return state(deps, &policy, &run.plan, run.status == RunStatus::DryRun);
     }
     deps.store
@@ -61,6 +74,27 @@ async fn build<S: RunStore, P: PolicySource>(
         })
         .collect::<Result<BTreeMap<_, _>, _>>()
         .map_err(|err| FunctionError::new(ErrorKind::Permanent, err.to_string()))?;
+    if event.kind.stops_pending_runs() {
+        let mut open = Vec::new();
+        for run in deps.store.open_runs_for(&event.person.id).await? {
+            if run.run_id != run_id {
+                open.push(StoppedRun {
+                    outcomes: deps.store.task_outcomes(&run.run_id).await?,
+                    plan: run.plan,
+                });
+            }
+        }
+        let plan = restore::restore_plan(event, &policy, &open, |system| {
+            connectors
+                .get(system)
+                .is_some_and(|connector| connector.supports().contains(&StageKind::Restore))
+        });
+        store_plan(deps, &input, &plan).await?;
+        if !input.dry_run {
+            stop_runs(deps, event, &plan.stops).await?;
+        }
+        return state(deps, &policy, &plan, input.dry_run);
+    }
     let discoveries =
         deprov_connectors::discover(&policy, &connectors, event, deps.discovery_timeout).await;
     let plan = match discoveries.and_then(|found| build_plan(event, &policy, &found)) {
@@ -81,11 +115,20 @@ async fn build<S: RunStore, P: PolicySource>(
             });
         }
     };
+    store_plan(deps, &input, &plan).await?;
+    state(deps, &policy, &plan, input.dry_run)
+}
+
+async fn store_plan<S: RunStore, P, X>(
+    deps: &Deps<S, P, X>,
+    input: &RunInput,
+    plan: &Plan,
+) -> Result<(), FunctionError> {
     let now = Utc::now();
     deps.store
         .put_run(&RunRecord {
-            run_id: run_id.clone(),
-            person_id: event.person.id.clone(),
+            run_id: plan.run_id.clone(),
+            person_id: input.event.person.id.clone(),
             status: if input.dry_run {
                 RunStatus::DryRun
             } else {
@@ -101,13 +144,49 @@ async fn build<S: RunStore, P: PolicySource>(
     tracing::info!(
         tasks = plan.task_count(),
         stages = plan.stages.len(),
+        stops = plan.stops.len(),
         "plan built"
     );
-    state(deps, &policy, &plan, input.dry_run)
+    Ok(())
 }
 
-fn state<S, P>(
-    deps: &Deps<S, P>,
+/// Ends the executions of `run_ids` and records their pending tasks as cancelled, so
+/// nothing more is done to the person's accounts; the audit function writes the
+/// cancellations into their trails when it records this run's plan. Safe to repeat: a
+/// run already cancelled is only stopped again, which is a no-op.
+async fn stop_runs<S: RunStore, P, X: RunStopper>(
+    deps: &Deps<S, P, X>,
+    event: &LifecycleEvent,
+    run_ids: &[String],
+) -> Result<(), FunctionError> {
+    let why = restore::cancel_reason(event);
+    for run_id in run_ids {
+        let Some(mut run) = deps.store.get_run(run_id).await? else {
+            continue;
+        };
+        deps.stopper
+            .stop_run(run_id, &why)
+            .await
+            .map_err(|err| FunctionError::new(ErrorKind::Transient, err.to_string()))?;
+        if run.status == RunStatus::Cancelled {
+            continue;
+        }
+        for task in restore::cancellable_tasks(&run) {
+            deps.store
+                .complete_task(&worker::cancelled(task, &why))
+                .await?;
+        }
+        run.status = RunStatus::Cancelled;
+        run.wake_at = None;
+        run.updated_at = Utc::now();
+        deps.store.put_run(&run).await?;
+        tracing::info!(stopped = %run_id, "run stopped");
+    }
+    Ok(())
+}
+
+fn state<S, P, X>(
+    deps: &Deps<S, P, X>,
     policy: &Policy,
     plan: &deprov_core::Plan,
     dry_run: bool,
@@ -128,14 +207,16 @@ fn state<S, P>(
 mod tests {
     use super::*;
     use deprov_connectors::memory::{MemoryConnector, MemoryDirectory};
+    use deprov_core::launch::{MemoryLauncher, RunStarter};
     use deprov_core::policy::SystemConfig;
+    use deprov_core::task::{TaskOutcome, TaskStatus};
     use deprov_core::testing::{sample_event, sample_policy, MemoryPolicies, MemoryStore};
     use deprov_core::Connector;
     use lambda_runtime::Context;
     use serde_json::json;
     use std::sync::Arc;
 
-    fn deps(directory: Arc<MemoryDirectory>) -> Deps<MemoryStore, MemoryPolicies> {
+    fn deps(directory: Arc<MemoryDirectory>) -> Deps<MemoryStore, MemoryPolicies, MemoryLauncher> {
         let policy = sample_policy();
         let mut queue_urls = BTreeMap::new();
         for system in policy.systems.values() {
@@ -144,6 +225,7 @@ mod tests {
         Deps {
             store: MemoryStore::default(),
             policies: MemoryPolicies::new(policy),
+            stopper: MemoryLauncher::default(),
             connectors: Box::new(move |_system: &str, _config: &SystemConfig| {
                 Ok(Arc::new(MemoryConnector::new(directory.clone())) as Arc<dyn Connector>)
             }),
@@ -225,5 +307,75 @@ mod tests {
         assert_eq!(planned.verdict, Verdict::DryRun);
         let run = deps.store.get_run(&planned.run_id).await.unwrap().unwrap();
         assert_eq!(run.status, RunStatus::DryRun);
+    }
+
+    #[tokio::test]
+    async fn a_rehire_stops_the_open_run_and_plans_the_restore_of_what_it_did() {
+        let directory = MemoryDirectory::new();
+        directory.add_account("crm", "42", "ada.l", "ada@example.com", &["eng"]);
+        let deps = deps(directory);
+        let termination = json!({"event": sample_event()});
+        let planned = handle(&deps, invoke(termination.clone())).await.unwrap();
+        let input = RunInput::parse(&termination).unwrap();
+        deps.stopper
+            .start_run(&planned.run_id, &input)
+            .await
+            .unwrap();
+        // Every stage but the delayed delete ran; the run now waits for it.
+        let mut run = deps.store.get_run(&planned.run_id).await.unwrap().unwrap();
+        let delete = run.plan.stages.len() - 1;
+        assert_eq!(run.plan.stages[delete].stage, StageKind::Delete);
+        for task in run.plan.stages[..delete].iter().flat_map(|s| &s.tasks) {
+            deps.store
+                .complete_task(&TaskOutcome {
+                    task: task.clone(),
+                    status: TaskStatus::Verified,
+                    change: Some(deprov_core::Applied::Changed),
+                    evidence: None,
+                    error: None,
+                    attempts: 1,
+                    finished_at: Utc::now(),
+                })
+                .await
+                .unwrap();
+        }
+        run.status = RunStatus::Waiting;
+        run.next_stage = delete;
+        deps.store.put_run(&run).await.unwrap();
+
+        let mut rehire = serde_json::to_value(sample_event()).unwrap();
+        rehire["event_id"] = json!("hr-rehire-1");
+        rehire["kind"] = json!("rehire");
+        rehire.as_object_mut().unwrap().remove("termination_type");
+        let rehire = json!({"event": rehire});
+        let restore = handle(&deps, invoke(rehire.clone())).await.unwrap();
+        assert_eq!(restore.verdict, Verdict::Planned);
+        assert_eq!(restore.stages.len(), 1);
+        assert_eq!(restore.stages[0].stage, StageKind::Restore);
+        assert!(restore.stages[0]
+            .tasks
+            .iter()
+            .all(|item| item.task.run_id == restore.run_id && item.queue_url.ends_with("/memory")));
+
+        // The termination's execution is stopped, its run cancelled, its pending tasks
+        // recorded as cancelled.
+        assert!(deps.stopper.stopped().contains_key(&planned.run_id));
+        let stopped = deps.store.get_run(&planned.run_id).await.unwrap().unwrap();
+        assert_eq!(stopped.status, RunStatus::Cancelled);
+        let outcomes = deps.store.task_outcomes(&planned.run_id).await.unwrap();
+        let pending = stopped.plan.stages[delete].tasks.len();
+        assert_eq!(
+            outcomes
+                .iter()
+                .filter(|o| o.status == TaskStatus::Cancelled)
+                .count(),
+            pending
+        );
+        let stored = deps.store.get_run(&restore.run_id).await.unwrap().unwrap();
+        assert_eq!(stored.plan.stops, vec![planned.run_id.clone()]);
+
+        // A retried BuildPlan stops the same run and plans the same restore.
+        let again = handle(&deps, invoke(rehire)).await.unwrap();
+        assert_eq!(again.stages, restore.stages);
     }
 }

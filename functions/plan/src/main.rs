@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use deprov_aws::lambda::{init_tracing, required_env};
 use deprov_aws::{
-    load_sdk_config, AwsSettings, ConfigError, DynamoPolicyStore, DynamoRunStore,
+    load_sdk_config, AwsSettings, ConfigError, DynamoPolicyStore, DynamoRunStore, Executions,
     SecretsManagerSource,
 };
 use deprov_core::ports::SecretSource;
@@ -19,6 +19,7 @@ async fn main() -> Result<(), Error> {
     init_tracing();
     let runs_table = required_env("DEPROV_RUNS_TABLE")?;
     let config_table = required_env("DEPROV_CONFIG_TABLE")?;
+    let state_machine_arn = required_env("DEPROV_STATE_MACHINE_ARN")?;
     let queue_urls: BTreeMap<String, String> =
         serde_json::from_str(&required_env("DEPROV_QUEUE_URLS")?).map_err(|err| {
             ConfigError(format!(
@@ -34,6 +35,7 @@ async fn main() -> Result<(), Error> {
     let deps = handler::Deps {
         store: DynamoRunStore::new(dynamodb.clone(), runs_table),
         policies: DynamoPolicyStore::new(dynamodb, config_table),
+        stopper: Executions::new(aws_sdk_sfn::Client::new(&sdk), state_machine_arn),
         connectors: Box::new(move |system, config| {
             deprov_connectors::build(system, config, secrets.clone())
         }),

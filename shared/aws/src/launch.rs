@@ -1,9 +1,10 @@
 //! The core's `RunStarter` port on Step Functions: a run starts as the execution named by
-//! its run id (`RunScheduler`, for runs that start later, is in `scheduler`).
+//! its run id, and `RunStopper` stops it (`RunScheduler`, for runs that start later, is in
+//! `scheduler`).
 
 use async_trait::async_trait;
 use deprov_core::flow::RunInput;
-use deprov_core::launch::{LaunchError, RunStart, RunStarter};
+use deprov_core::launch::{LaunchError, RunStart, RunStarter, RunStopper};
 
 use crate::sfn::{ExecutionStart, Executions};
 
@@ -17,5 +18,14 @@ impl RunStarter for Executions {
             Ok(ExecutionStart::AlreadyExists) => Ok(RunStart::AlreadyExists),
             Err(err) => Err(LaunchError(err.to_string())),
         }
+    }
+}
+
+#[async_trait]
+impl RunStopper for Executions {
+    async fn stop_run(&self, run_id: &str, cause: &str) -> Result<(), LaunchError> {
+        self.stop(run_id, cause)
+            .await
+            .map_err(|err| LaunchError(err.to_string()))
     }
 }

@@ -75,6 +75,41 @@ impl Executions {
     }
 }
 
+impl Executions {
+    /// The ARN of the execution named `run_id` of this state machine.
+    pub fn execution_arn(&self, run_id: &str) -> String {
+        format!(
+            "{}:{run_id}",
+            self.state_machine_arn
+                .replacen(":stateMachine:", ":execution:", 1)
+        )
+    }
+
+    /// Stops the execution named `run_id`. One that does not exist, or has finished
+    /// already, is left as it is.
+    pub async fn stop(&self, run_id: &str, cause: &str) -> Result<(), SfnError> {
+        let stopped = self
+            .client
+            .stop_execution()
+            .execution_arn(self.execution_arn(run_id))
+            .error("Deprov.Stopped")
+            .cause(cause)
+            .send()
+            .await;
+        match stopped {
+            Ok(_) => Ok(()),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|service| service.is_execution_does_not_exist()) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(failed("StopExecution", err)),
+        }
+    }
+}
+
 /// Reports a task's result to the execution waiting on its token.
 #[derive(Clone)]
 pub struct TaskTokens {

@@ -40,8 +40,8 @@ use serde_json::{json, Map, Value};
 use tracing::Instrument;
 
 use self::conn::{
-    Conn, NOT_ALLOWED_ON_NON_LEAF, NO_SUCH_ATTRIBUTE, NO_SUCH_OBJECT, OBJECT_CLASS_VIOLATION,
-    UNDEFINED_ATTRIBUTE_TYPE,
+    Conn, ATTRIBUTE_OR_VALUE_EXISTS, NOT_ALLOWED_ON_NON_LEAF, NO_SUCH_ATTRIBUTE, NO_SUCH_OBJECT,
+    OBJECT_CLASS_VIOLATION, UNDEFINED_ATTRIBUTE_TYPE,
 };
 
 const DEFAULT_PAGE_SIZE: u64 = 500;
@@ -699,7 +699,7 @@ impl LdapConnector {
         })?;
         if target.kind != "group" {
             return Err(ConnectorError::Unsupported(format!(
-                "remove a \"{}\" entitlement (LDAP manages groups only)",
+                "act on a \"{}\" entitlement (LDAP manages groups only)",
                 target.kind
             )));
         }
@@ -768,6 +768,118 @@ impl LdapConnector {
                 dialect.as_str(),
                 if dialect == Dialect::OpenLdap { " (load the ppolicy overlay with a default policy)" } else { "" }
             ))),
+            _ => Ok(Applied::Changed),
+        }
+    }
+
+    /// Lifts the dialect's disable: the restore of a rehire. An entry that is gone cannot
+    /// be enabled.
+    async fn enable(&self, dn: &str) -> Result<Applied, ConnectorError> {
+        let gone = || {
+            ConnectorError::NotFound(format!(
+                "system \"{}\": {dn} no longer exists, so it cannot be enabled again",
+                self.system
+            ))
+        };
+        let entry = self.read_user(dn).await?.ok_or_else(gone)?;
+        let dialect = self.settings.dialect;
+        if !is_disabled(dialect, &entry) {
+            return Ok(Applied::AlreadyDone);
+        }
+        let one = |value: String| HashSet::from([value]);
+        let mods = match dialect {
+            Dialect::OpenLdap => vec![Mod::Delete(
+                "pwdAccountLockedTime".to_string(),
+                HashSet::new(),
+            )],
+            Dialect::Ds389 => vec![Mod::Delete("nsAccountLock".to_string(), HashSet::new())],
+            Dialect::ActiveDirectory => {
+                let old = uac(&entry).unwrap_or(UAC_NORMAL_ACCOUNT | UAC_ACCOUNTDISABLE);
+                let mut mods = Vec::new();
+                if let Some(current) = first(&entry, "userAccountControl") {
+                    mods.push(Mod::Delete(
+                        "userAccountControl".to_string(),
+                        one(current.to_string()),
+                    ));
+                }
+                mods.push(Mod::Add(
+                    "userAccountControl".to_string(),
+                    one((old & !UAC_ACCOUNTDISABLE).to_string()),
+                ));
+                mods
+            }
+        };
+        match self
+            .conn
+            .modify(dn, mods, &[NO_SUCH_OBJECT, NO_SUCH_ATTRIBUTE])
+            .await?
+        {
+            NO_SUCH_OBJECT => Err(gone()),
+            // The lock attribute went away meanwhile: enabled already.
+            NO_SUCH_ATTRIBUTE if dialect != Dialect::ActiveDirectory => Ok(Applied::AlreadyDone),
+            NO_SUCH_ATTRIBUTE => Err(ConnectorError::Transient(format!(
+                "system \"{}\": userAccountControl of {dn} changed while it was being enabled; it is read again on the next attempt",
+                self.system
+            ))),
+            _ => Ok(Applied::Changed),
+        }
+    }
+
+    /// Adds the account back to `group` (restore), in the member attribute the group's
+    /// object class uses: `memberUid` for a posixGroup, `uniqueMember` for a
+    /// groupOfUniqueNames, `member` otherwise.
+    async fn add_member(
+        &self,
+        group: &str,
+        dn: &str,
+        uid: &str,
+    ) -> Result<Applied, ConnectorError> {
+        let gone = || {
+            ConnectorError::NotFound(format!(
+                "system \"{}\": group {group} no longer exists, so {dn} cannot be added back",
+                self.system
+            ))
+        };
+        match self.memberships_in(group, dn, uid).await? {
+            None => return Err(gone()),
+            Some(found) if !found.is_empty() => return Ok(Applied::AlreadyDone),
+            Some(_) => {}
+        }
+        let entry = self
+            .conn
+            .read(group, &["objectClass"])
+            .await?
+            .ok_or_else(gone)?;
+        let is = |class: &str| {
+            values(&entry, "objectClass")
+                .iter()
+                .any(|value| value.eq_ignore_ascii_case(class))
+        };
+        let (attr, value) = if self.settings.dialect != Dialect::ActiveDirectory
+            && is("posixGroup")
+            && !is("groupOfNames")
+            && !uid.is_empty()
+        {
+            ("memberUid", uid)
+        } else if self.settings.dialect != Dialect::ActiveDirectory && is("groupOfUniqueNames") {
+            ("uniqueMember", dn)
+        } else {
+            ("member", dn)
+        };
+        match self
+            .conn
+            .modify(
+                group,
+                vec![Mod::Add(
+                    attr.to_string(),
+                    HashSet::from([value.to_string()]),
+                )],
+                &[NO_SUCH_OBJECT, ATTRIBUTE_OR_VALUE_EXISTS],
+            )
+            .await?
+        {
+            NO_SUCH_OBJECT => Err(gone()),
+            ATTRIBUTE_OR_VALUE_EXISTS => Ok(Applied::AlreadyDone),
             _ => Ok(Applied::Changed),
         }
     }
@@ -853,7 +965,7 @@ impl LdapConnector {
         let Some(entry) = self.read_user(dn).await? else {
             seen.insert("exists".into(), json!(false));
             return Ok(Evidence {
-                verified: true,
+                verified: task.action != Action::Enable,
                 observed: Value::Object(seen),
             });
         };
@@ -871,7 +983,11 @@ impl LdapConnector {
         );
         seen.insert("disabled".into(), json!(disabled));
         Ok(Evidence {
-            verified: task.action == Action::Disable && disabled,
+            verified: match task.action {
+                Action::Disable => disabled,
+                Action::Enable => !disabled,
+                _ => false,
+            },
             observed: Value::Object(seen),
         })
     }
@@ -888,7 +1004,7 @@ impl LdapConnector {
         {
             None => {
                 seen.insert("exists".into(), json!(false));
-                true
+                task.action == Action::RemoveEntitlement
             }
             Some(found) => {
                 seen.insert("member".into(), json!(!found.is_empty()));
@@ -896,7 +1012,7 @@ impl LdapConnector {
                     let attrs: Vec<&str> = found.iter().map(|(a, _)| *a).collect();
                     seen.insert("listed_in".into(), json!(attrs));
                 }
-                found.is_empty()
+                found.is_empty() == (task.action == Action::RemoveEntitlement)
             }
         };
         Ok(Evidence {
@@ -933,6 +1049,7 @@ const SUPPORTS: &[StageKind] = &[
     StageKind::Disable,
     StageKind::Entitlements,
     StageKind::Delete,
+    StageKind::Restore,
 ];
 
 #[async_trait]
@@ -988,9 +1105,14 @@ impl Connector for LdapConnector {
             let dn = task.account.id.as_str();
             let applied = match task.action {
                 Action::Disable => self.disable(dn).await,
+                Action::Enable => self.enable(dn).await,
                 Action::RemoveEntitlement => {
                     let group = self.target_group(task)?;
                     self.remove_member(group, dn, &task.account.username).await
+                }
+                Action::RestoreEntitlement => {
+                    let group = self.target_group(task)?;
+                    self.add_member(group, dn, &task.account.username).await
                 }
                 Action::Delete => self.delete(dn).await,
                 other => Err(ConnectorError::Unsupported(format!(
@@ -1009,8 +1131,12 @@ impl Connector for LdapConnector {
         let span = tracing::debug_span!("ldap.verify", system = %self.system, task_id = %task.task_id, action = task.action.as_str());
         async {
             let evidence = match task.action {
-                Action::Disable | Action::Delete => self.verify_account(task).await?,
-                Action::RemoveEntitlement => self.verify_membership(task).await?,
+                Action::Disable | Action::Delete | Action::Enable => {
+                    self.verify_account(task).await?
+                }
+                Action::RemoveEntitlement | Action::RestoreEntitlement => {
+                    self.verify_membership(task).await?
+                }
                 other => {
                     return Err(ConnectorError::Unsupported(format!(
                         "verify {} (LDAP has no such operation)",

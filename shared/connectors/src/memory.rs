@@ -172,12 +172,13 @@ impl MemoryConnector {
     }
 }
 
-const SUPPORTED: [StageKind; 5] = [
+const SUPPORTED: [StageKind; 6] = [
     StageKind::Sessions,
     StageKind::Disable,
     StageKind::Entitlements,
     StageKind::Data,
     StageKind::Delete,
+    StageKind::Restore,
 ];
 
 #[async_trait]
@@ -211,7 +212,18 @@ impl Connector for MemoryConnector {
         {
             return Err(error);
         }
-        let Some(entry) = state.entries.get_mut(&task.account.id) else {
+        let restoring = task.stage() == StageKind::Restore;
+        let entry = match state.entries.get_mut(&task.account.id) {
+            Some(entry) if restoring && entry.deleted => None,
+            entry => entry,
+        };
+        let Some(entry) = entry else {
+            if restoring {
+                return Err(ConnectorError::NotFound(format!(
+                    "account {} no longer exists, so it cannot be restored",
+                    task.account.id
+                )));
+            }
             // Gone already: deleting is done, anything else has nothing left to revoke.
             return Ok(Applied::AlreadyDone);
         };
@@ -237,6 +249,18 @@ impl Connector for MemoryConnector {
                 changed
             }
             Action::Delete => !std::mem::replace(&mut entry.deleted, true),
+            Action::Enable => !std::mem::replace(&mut entry.account.active, true),
+            Action::RestoreEntitlement => match &task.target {
+                Some(target) if !entry.account.entitlements.iter().any(|e| e.id == target.id) => {
+                    entry.account.entitlements.push(Entitlement {
+                        id: target.id.clone(),
+                        name: target.name.clone(),
+                        kind: target.kind.clone(),
+                    });
+                    true
+                }
+                _ => false,
+            },
         };
         if changed {
             self.directory.changes.fetch_add(1, Ordering::Relaxed);
@@ -259,7 +283,8 @@ impl Connector for MemoryConnector {
         }
         let Some(entry) = state.entries.get(&task.account.id) else {
             return Ok(Evidence {
-                verified: true,
+                // Gone proves a removal, never a restore.
+                verified: task.stage() != StageKind::Restore,
                 observed: json!({"account": task.account.id, "exists": false}),
             });
         };
@@ -283,6 +308,17 @@ impl Connector for MemoryConnector {
                 json!({"data_owner": entry.data_transferred_to}),
             ),
             Action::Delete => (entry.deleted, json!({"exists": !entry.deleted})),
+            Action::Enable => (
+                entry.account.active && !entry.deleted,
+                json!({"active": entry.account.active, "exists": !entry.deleted}),
+            ),
+            Action::RestoreEntitlement => {
+                let held = entry.account.entitlements.iter().any(|e| e.id == target);
+                (
+                    held && !entry.deleted,
+                    json!({"member_of": target, "member": held}),
+                )
+            }
         };
         Ok(Evidence {
             verified,

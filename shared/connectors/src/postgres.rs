@@ -507,13 +507,13 @@ impl PostgresConnector {
     fn target_role<'t>(&self, task: &'t Task) -> Result<&'t str, ConnectorError> {
         let target = task.target.as_ref().ok_or_else(|| {
             ConnectorError::Permanent(format!(
-                "task {} removes an entitlement but names no target role",
+                "task {} acts on an entitlement but names no target role",
                 task.task_id
             ))
         })?;
         if target.kind != ENTITLEMENT_KIND {
             return Err(ConnectorError::Unsupported(format!(
-                "remove a \"{}\" entitlement (PostgreSQL grants roles only)",
+                "act on a \"{}\" entitlement (PostgreSQL grants roles only)",
                 target.kind
             )));
         }
@@ -603,6 +603,55 @@ impl PostgresConnector {
         Ok(Applied::Changed)
     }
 
+    /// `ALTER ROLE … LOGIN`: the restore of a rehire. A dropped role cannot log in again.
+    async fn enable(&self, role: &str) -> Result<Applied, ConnectorError> {
+        let quoted = quote_ident(role)?;
+        let gone = || {
+            ConnectorError::NotFound(format!(
+                "system \"{}\": role {role:?} no longer exists, so it cannot log in again",
+                self.system
+            ))
+        };
+        let db = self.maintenance().await?;
+        let state = self.read_role(&db, role).await?.ok_or_else(gone)?;
+        if state.can_login {
+            return Ok(Applied::AlreadyDone);
+        }
+        let statement = format!("ALTER ROLE {quoted} LOGIN");
+        match db.batch(&statement, &statement).await {
+            Ok(()) => Ok(Applied::Changed),
+            Err(err) if err.is(&SqlState::UNDEFINED_OBJECT) => Err(gone()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// `GRANT group TO role`: the restore of a removed membership.
+    async fn add_membership(&self, group: &str, role: &str) -> Result<Applied, ConnectorError> {
+        let quoted_group = quote_ident(group)?;
+        let quoted_role = quote_ident(role)?;
+        let db = self.maintenance().await?;
+        let state = self.read_role(&db, role).await?.ok_or_else(|| {
+            ConnectorError::NotFound(format!(
+                "system \"{}\": role {role:?} no longer exists, so it cannot be granted {group:?} again",
+                self.system
+            ))
+        })?;
+        if state.member_of.iter().any(|g| g == group) {
+            return Ok(Applied::AlreadyDone);
+        }
+        let statement = format!("GRANT {quoted_group} TO {quoted_role}");
+        match db.batch(&statement, &statement).await {
+            Ok(()) => Ok(Applied::Changed),
+            Err(err) if err.is(&SqlState::UNDEFINED_OBJECT) => {
+                Err(ConnectorError::NotFound(format!(
+                    "system \"{}\": {}; the role {group:?} or {role:?} no longer exists",
+                    self.system, err.error
+                )))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
     async fn delete(&self, role: &str) -> Result<Applied, ConnectorError> {
         let quoted = quote_ident(role)?;
         {
@@ -680,7 +729,7 @@ impl PostgresConnector {
                 }
                 !can_login && backends == 0
             }
-            Action::RemoveEntitlement => {
+            Action::RemoveEntitlement | Action::RestoreEntitlement => {
                 let group = self.target_role(task)?;
                 let member = state
                     .as_ref()
@@ -690,7 +739,14 @@ impl PostgresConnector {
                 if let Some(state) = &state {
                     observed["member_of"] = json!(state.member_of);
                 }
-                !member
+                member == (task.action == Action::RestoreEntitlement)
+            }
+            Action::Enable => {
+                let can_login = state.as_ref().is_some_and(|s| s.can_login);
+                if state.is_some() {
+                    observed["rolcanlogin"] = json!(can_login);
+                }
+                can_login
             }
             Action::Delete => state.is_none(),
             other => {
@@ -745,6 +801,7 @@ const SUPPORTS: &[StageKind] = &[
     StageKind::Disable,
     StageKind::Entitlements,
     StageKind::Delete,
+    StageKind::Restore,
 ];
 
 #[async_trait]
@@ -786,7 +843,12 @@ impl Connector for PostgresConnector {
             quote_ident(role)?;
             if matches!(
                 task.action,
-                Action::RevokeSessions | Action::Disable | Action::RemoveEntitlement | Action::Delete
+                Action::RevokeSessions
+                    | Action::Disable
+                    | Action::RemoveEntitlement
+                    | Action::Delete
+                    | Action::Enable
+                    | Action::RestoreEntitlement
             ) {
                 self.guard(role, task.action).await?;
             }
@@ -798,6 +860,11 @@ impl Connector for PostgresConnector {
                     self.remove_membership(group, role).await
                 }
                 Action::Delete => self.delete(role).await,
+                Action::Enable => self.enable(role).await,
+                Action::RestoreEntitlement => {
+                    let group = self.target_role(task)?;
+                    self.add_membership(group, role).await
+                }
                 other => Err(ConnectorError::Unsupported(format!(
                     "{} (PostgreSQL has no such operation)",
                     other.as_str().replace('_', " ")

@@ -450,28 +450,42 @@ impl ScimConnector {
     fn target_group<'t>(&self, task: &'t Task) -> Result<&'t str, ConnectorError> {
         let target = task.target.as_ref().ok_or_else(|| {
             ConnectorError::Permanent(format!(
-                "task {} removes an entitlement but names no target group",
+                "task {} acts on an entitlement but names no target group",
                 task.task_id
             ))
         })?;
         if target.kind != "group" {
             return Err(ConnectorError::Unsupported(format!(
-                "remove a \"{}\" entitlement (SCIM manages groups only)",
+                "act on a \"{}\" entitlement (SCIM manages groups only)",
                 target.kind
             )));
         }
         Ok(&target.id)
     }
 
-    async fn disable(&self, user_id: &str) -> Result<Applied, ConnectorError> {
+    /// Sets the user's `active` (disable, or enable when restoring). A user that is gone is
+    /// disabled already, and cannot be enabled.
+    async fn set_active(&self, user_id: &str, active: bool) -> Result<Applied, ConnectorError> {
         let path = ["Users", user_id];
+        let gone = || {
+            ConnectorError::NotFound(format!(
+                "SCIM user {user_id} no longer exists, so it cannot be enabled again"
+            ))
+        };
         let user = self.get(&path, &[404]).await?;
-        if user.status == 404 || !is_active(&user.body) {
+        if user.status == 404 {
+            return if active {
+                Err(gone())
+            } else {
+                Ok(Applied::AlreadyDone)
+            };
+        }
+        if is_active(&user.body) == active {
             return Ok(Applied::AlreadyDone);
         }
         let patch = json!({
             "schemas": [PATCH_OP],
-            "Operations": [{"op": "replace", "path": "active", "value": false}],
+            "Operations": [{"op": "replace", "path": "active", "value": active}],
         });
         let reply = self
             .http
@@ -485,10 +499,11 @@ impl ScimConnector {
             )
             .await?;
         match reply.status {
+            404 if active => Err(gone()),
             404 => Ok(Applied::AlreadyDone),
             405 | 501 => {
                 let body = put_body(user.body, |object| {
-                    object.insert("active".into(), json!(false));
+                    object.insert("active".into(), json!(active));
                 });
                 self.put(&path, &body, user.version.as_deref()).await
             }
@@ -496,20 +511,37 @@ impl ScimConnector {
         }
     }
 
-    async fn remove_member(
+    /// Removes the user from the group, or adds them back when restoring. A group that is
+    /// gone holds nobody, and cannot take anyone back.
+    async fn set_member(
         &self,
         group_id: &str,
         user_id: &str,
+        member: bool,
     ) -> Result<Applied, ConnectorError> {
         let path = ["Groups", group_id];
+        let gone = || {
+            ConnectorError::NotFound(format!(
+                "SCIM group {group_id} no longer exists, so user {user_id} cannot be added back"
+            ))
+        };
         let group = self.get(&path, &[404]).await?;
-        if group.status == 404 || !is_member(&group.body, user_id) {
+        if group.status == 404 {
+            return if member {
+                Err(gone())
+            } else {
+                Ok(Applied::AlreadyDone)
+            };
+        }
+        if is_member(&group.body, user_id) == member {
             return Ok(Applied::AlreadyDone);
         }
-        let patch = json!({
-            "schemas": [PATCH_OP],
-            "Operations": [{"op": "remove", "path": member_path(user_id)}],
-        });
+        let operation = if member {
+            json!({"op": "add", "path": "members", "value": [{"value": user_id}]})
+        } else {
+            json!({"op": "remove", "path": member_path(user_id)})
+        };
+        let patch = json!({"schemas": [PATCH_OP], "Operations": [operation]});
         let reply = self
             .http
             .send(
@@ -522,11 +554,16 @@ impl ScimConnector {
             )
             .await?;
         match reply.status {
+            404 if member => Err(gone()),
             404 => Ok(Applied::AlreadyDone),
             405 | 501 => {
                 let body = put_body(group.body, |object| {
-                    if let Some(Value::Array(members)) = object.get_mut("members") {
+                    let members = object.entry("members").or_insert_with(|| json!([]));
+                    if let Value::Array(members) = members {
                         members.retain(|m| m["value"].as_str() != Some(user_id));
+                        if member {
+                            members.push(json!({"value": user_id}));
+                        }
                     }
                 });
                 self.put(&path, &body, group.version.as_deref()).await
@@ -569,6 +606,7 @@ const SUPPORTS: &[StageKind] = &[
     StageKind::Disable,
     StageKind::Entitlements,
     StageKind::Delete,
+    StageKind::Restore,
 ];
 
 #[async_trait]
@@ -609,10 +647,15 @@ impl Connector for ScimConnector {
         async {
             let user_id = task.account.id.as_str();
             let applied = match task.action {
-                Action::Disable => self.disable(user_id).await,
+                Action::Disable => self.set_active(user_id, false).await,
+                Action::Enable => self.set_active(user_id, true).await,
                 Action::RemoveEntitlement => {
                     let group_id = self.target_group(task)?;
-                    self.remove_member(group_id, user_id).await
+                    self.set_member(group_id, user_id, false).await
+                }
+                Action::RestoreEntitlement => {
+                    let group_id = self.target_group(task)?;
+                    self.set_member(group_id, user_id, true).await
                 }
                 Action::Delete => self.delete(user_id).await,
                 other => Err(ConnectorError::Unsupported(format!(
@@ -632,23 +675,27 @@ impl Connector for ScimConnector {
         async {
             let user_id = task.account.id.as_str();
             let evidence = match task.action {
-                Action::Disable | Action::Delete => {
+                Action::Disable | Action::Delete | Action::Enable => {
                     let path = ["Users", user_id];
                     let reply = self.get(&path, &[404]).await?;
                     let mut seen = observed(&describe(&Method::GET, &path), &reply);
                     let verified = if reply.status == 404 {
-                        true
+                        task.action != Action::Enable
                     } else {
                         let active = is_active(&reply.body);
                         seen.insert("active".into(), json!(active));
-                        task.action == Action::Disable && !active
+                        match task.action {
+                            Action::Disable => !active,
+                            Action::Enable => active,
+                            _ => false,
+                        }
                     };
                     Evidence {
                         verified,
                         observed: Value::Object(seen),
                     }
                 }
-                Action::RemoveEntitlement => {
+                Action::RemoveEntitlement | Action::RestoreEntitlement => {
                     let group_id = self.target_group(task)?;
                     let path = ["Groups", group_id];
                     let reply = self.get(&path, &[404]).await?;
@@ -661,7 +708,7 @@ impl Connector for ScimConnector {
                         }
                     }
                     Evidence {
-                        verified: !member,
+                        verified: member == (task.action == Action::RestoreEntitlement),
                         observed: Value::Object(seen),
                     }
                 }

@@ -30,6 +30,8 @@ pub enum AuditKind {
     StageDeferred,
     /// A rehire or cancel stopped this run's pending stages.
     RunCancelled,
+    /// The run of a rehire or cancel: which of the person's runs it stopped.
+    RunsStopped,
     /// The run's summary; escalations listed.
     RunFinished,
     /// The brake held a trigger back: nothing ran (the quarantine's record, and each held

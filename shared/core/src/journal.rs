@@ -147,8 +147,8 @@ pub fn runs_stopped(run_id: &str, event: &LifecycleEvent, stopped: &[String]) ->
     run_entry(
         run_id,
         &event.person.id,
-        "run:finished".into(),
-        AuditKind::RunFinished,
+        "runs:stopped".into(),
+        AuditKind::RunsStopped,
         json!({"event": event, "stopped_runs": stopped}),
     )
 }

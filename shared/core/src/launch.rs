@@ -56,6 +56,15 @@ pub trait RunScheduler: Send + Sync {
     ) -> Result<(), LaunchError>;
 }
 
+/// Stops runs: a rehire or cancel ends the person's open executions before anything more
+/// is done to their accounts.
+#[async_trait]
+pub trait RunStopper: Send + Sync {
+    /// Stops the run's execution with `cause`. A run without an execution (scheduled, not
+    /// started) or one that has finished is fine: there is nothing left to stop.
+    async fn stop_run(&self, run_id: &str, cause: &str) -> Result<(), LaunchError>;
+}
+
 #[cfg(any(test, feature = "testing"))]
 pub use fake::MemoryLauncher;
 
@@ -70,6 +79,7 @@ mod fake {
     struct State {
         started: BTreeMap<String, RunInput>,
         scheduled: BTreeMap<String, (DateTime<Utc>, RunInput)>,
+        stopped: BTreeMap<String, String>,
         start_calls: usize,
         failures: usize,
     }
@@ -112,6 +122,14 @@ mod fake {
                 .unwrap_or_default()
         }
 
+        /// The runs stopped, by run id, with the cause given.
+        pub fn stopped(&self) -> BTreeMap<String, String> {
+            self.state
+                .lock()
+                .map(|state| state.stopped.clone())
+                .unwrap_or_default()
+        }
+
         /// How many starts were asked for, failed ones included.
         pub fn start_calls(&self) -> usize {
             self.state
@@ -143,6 +161,18 @@ mod fake {
                     RunStart::Started
                 }
             })
+        }
+    }
+
+    #[async_trait]
+    impl RunStopper for MemoryLauncher {
+        async fn stop_run(&self, run_id: &str, cause: &str) -> Result<(), LaunchError> {
+            let mut state = self.state()?;
+            fail(&mut state, "StopExecution")?;
+            if state.started.contains_key(run_id) {
+                state.stopped.insert(run_id.to_string(), cause.to_string());
+            }
+            Ok(())
         }
     }
 

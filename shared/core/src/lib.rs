@@ -20,6 +20,7 @@ pub mod plan;
 pub mod policy;
 pub mod ports;
 pub mod quarantine;
+pub mod restore;
 pub mod signature;
 pub mod sweep;
 pub mod task;

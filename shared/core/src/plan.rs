@@ -28,6 +28,9 @@ pub enum StageKind {
     Credentials,
     Data,
     Delete,
+    /// Not part of the kill order: a rehire's or cancel's run re-enables accounts and
+    /// re-adds entitlements that an earlier run removed.
+    Restore,
 }
 
 impl StageKind {
@@ -48,10 +51,11 @@ impl StageKind {
             StageKind::Credentials => "credentials",
             StageKind::Data => "data",
             StageKind::Delete => "delete",
+            StageKind::Restore => "restore",
         }
     }
 
-    /// 1-based position in the kill order.
+    /// 1-based position in the kill order (restore, outside it, is 7).
     pub fn number(self) -> u8 {
         self as u8 + 1
     }
@@ -69,6 +73,10 @@ pub enum Action {
     RemoveCredential,
     TransferData,
     Delete,
+    /// Restore: the account is active again.
+    Enable,
+    /// Restore: the entitlement (the task's target) is granted again.
+    RestoreEntitlement,
 }
 
 impl Action {
@@ -80,6 +88,8 @@ impl Action {
             Action::RemoveCredential => "remove_credential",
             Action::TransferData => "transfer_data",
             Action::Delete => "delete",
+            Action::Enable => "enable",
+            Action::RestoreEntitlement => "restore_entitlement",
         }
     }
 
@@ -91,6 +101,7 @@ impl Action {
             Action::RemoveCredential => StageKind::Credentials,
             Action::TransferData => StageKind::Data,
             Action::Delete => StageKind::Delete,
+            Action::Enable | Action::RestoreEntitlement => StageKind::Restore,
         }
     }
 }
@@ -171,6 +182,9 @@ pub struct Plan {
     pub skipped: Vec<Skipped>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreachable: Vec<Unreachable>,
+    /// The runs this run stopped (a rehire's or cancel's), whose work it restores.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stops: Vec<String>,
 }
 
 impl Plan {
@@ -397,6 +411,8 @@ pub fn build_plan(
                         }),
                     },
                     StageKind::Delete => tasks.push(task(Action::Delete, None)),
+                    // Policy validation keeps it out of scenarios.
+                    StageKind::Restore => {}
                 }
             }
             accounts.push(account);
@@ -453,6 +469,7 @@ pub fn build_plan(
         stages,
         skipped,
         unreachable,
+        stops: Vec::new(),
     })
 }
 

@@ -285,6 +285,43 @@ pub struct Policy {
     pub retry: Retry,
     #[serde(default)]
     pub sweep: Sweep,
+    #[serde(default)]
+    pub restore: Restore,
+}
+
+/// Whether a rehire or a cancel, after stopping the person's pending stages, restores what
+/// the stopped runs did (re-enable, re-grant) from the pre-state their plans captured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Restore {
+    #[serde(default = "restores")]
+    pub on_rehire: bool,
+    #[serde(default = "restores")]
+    pub on_cancel: bool,
+}
+
+fn restores() -> bool {
+    true
+}
+
+impl Default for Restore {
+    fn default() -> Self {
+        Restore {
+            on_rehire: true,
+            on_cancel: true,
+        }
+    }
+}
+
+impl Restore {
+    /// Whether an event of `kind` restores (only rehire and cancel ever do).
+    pub fn applies_to(&self, kind: EventKind) -> bool {
+        match kind {
+            EventKind::Rehire => self.on_rehire,
+            EventKind::Cancel => self.on_cancel,
+            _ => false,
+        }
+    }
 }
 
 /// Scenario names a policy may define.
@@ -643,6 +680,12 @@ fn percent_problem(percent: f64) -> Option<String> {
 fn check_unique_stages(stages: &[StageKind], path: &str, problem: &mut impl FnMut(String, String)) {
     let mut seen = Vec::new();
     for stage in stages {
+        if *stage == StageKind::Restore {
+            problem(
+                path.to_string(),
+                "lists \"restore\", which no scenario runs: rehire and cancel restore, as [restore] on_rehire / on_cancel say".into(),
+            );
+        }
         if seen.contains(stage) {
             problem(
                 path.to_string(),
@@ -869,8 +912,9 @@ reason = "service accounts"
         let err =
             Policy::parse(&(SAMPLE.to_string() + "\n[sweep]\norphans = \"yes\"\n")).unwrap_err();
         assert!(
-            err.to_string()
-                .contains("line 22, policy: unknown variant `yes`, expected one of `off`, `report`, `act`"),
+            err.to_string().contains(
+                "line 22, policy: unknown variant `yes`, expected one of `off`, `report`, `act`"
+            ),
             "{err}"
         );
     }

@@ -11,11 +11,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use deprov_core::ids;
 use deprov_core::journal;
-use deprov_core::plan::{build_plan, Discovery, Plan, PlanError, Stage};
+use deprov_core::plan::{build_plan, Discovery, Plan, PlanError, Stage, StageKind};
 use deprov_core::policy::Policy;
 use deprov_core::ports::{
     AuditLog, Clock, EventClaim, RunRecord, RunStatus, RunStore, StoreError, TaskMessage, TaskQueue,
 };
+use deprov_core::restore::{self, StoppedRun};
 use deprov_core::task::{StageRecord, TaskError, TaskOutcome, TaskStatus};
 use deprov_core::worker::{self, Attempt};
 use deprov_core::{Connector, ErrorKind, LifecycleEvent};
@@ -246,32 +247,34 @@ impl Engine {
         if let Some(person) = deprov_core::people::PersonRecord::from_event(event) {
             inner.store.record_person(&person).await?;
         }
-        if event.kind.stops_pending_runs() {
-            return inner.stop_runs(event, &run_id).await;
-        }
-        let discoveries = inner.discover(event).await?;
-        let plan = match build_plan(event, &inner.policy, &discoveries) {
-            Ok(plan) => plan,
-            Err(refusal) => {
-                inner
-                    .audit
-                    .append(journal::plan_refused(
-                        &run_id,
-                        event,
-                        &refusal.to_string(),
-                        &inner.policy.version,
-                    ))
-                    .await?;
-                return Ok(RunReport {
-                    run_id,
-                    status: RunStatus::Refused,
-                    duplicate: matches!(claim, EventClaim::Existing(_)),
-                    plan: None,
-                    outcomes: Vec::new(),
-                    refused: Some(refusal.to_string()),
-                    wake_at: None,
-                    stopped_runs: Vec::new(),
-                });
+        let plan = if event.kind.stops_pending_runs() {
+            let stopped = inner.stop_runs(event, &run_id).await?;
+            inner.restore_plan(event, &stopped).await?
+        } else {
+            let discoveries = inner.discover(event).await?;
+            match build_plan(event, &inner.policy, &discoveries) {
+                Ok(plan) => plan,
+                Err(refusal) => {
+                    inner
+                        .audit
+                        .append(journal::plan_refused(
+                            &run_id,
+                            event,
+                            &refusal.to_string(),
+                            &inner.policy.version,
+                        ))
+                        .await?;
+                    return Ok(RunReport {
+                        run_id,
+                        status: RunStatus::Refused,
+                        duplicate: matches!(claim, EventClaim::Existing(_)),
+                        plan: None,
+                        outcomes: Vec::new(),
+                        refused: Some(refusal.to_string()),
+                        wake_at: None,
+                        stopped_runs: Vec::new(),
+                    });
+                }
             }
         };
         inner.audit.append(journal::plan_recorded(&plan)).await?;
@@ -290,7 +293,13 @@ impl Engine {
             })
             .await?;
         inner.emit(Progress::Planned(Box::new(plan)));
-        inner.drive(&run_id).await
+        let mut report = inner.drive(&run_id).await?;
+        report.stopped_runs = report
+            .plan
+            .as_ref()
+            .map(|plan| plan.stops.clone())
+            .unwrap_or_default();
+        Ok(report)
     }
 
     /// Continues one run as far as it can go now.
@@ -633,30 +642,18 @@ impl Inner {
         &self,
         event: &LifecycleEvent,
         own_run_id: &str,
-    ) -> Result<RunReport, EngineError> {
+    ) -> Result<Vec<RunRecord>, EngineError> {
         let open = self.store.open_runs_for(&event.person.id).await?;
         let mut stopped = Vec::new();
         for mut run in open {
-            // A running stage finishes; everything after it is cancelled.
-            let first_pending = match run.status {
-                RunStatus::Running => run.next_stage + 1,
-                _ => run.next_stage,
-            };
-            let why = format!(
-                "cancelled by {} event {} from {}",
-                event.kind.as_str(),
-                event.event_id,
-                event.source
-            );
-            for stage in run.plan.stages.iter().skip(first_pending) {
-                for task in &stage.tasks {
-                    worker::record(
-                        self.store.as_ref(),
-                        self.audit.as_ref(),
-                        &worker::cancelled(task, &why),
-                    )
-                    .await?;
-                }
+            let why = restore::cancel_reason(event);
+            for task in restore::cancellable_tasks(&run) {
+                worker::record(
+                    self.store.as_ref(),
+                    self.audit.as_ref(),
+                    &worker::cancelled(task, &why),
+                )
+                .await?;
             }
             self.audit
                 .append(journal::run_cancelled(
@@ -675,21 +672,38 @@ impl Inner {
                 run_id: run.run_id.clone(),
                 status: RunStatus::Cancelled,
             });
-            stopped.push(run.run_id.clone());
+            stopped.push(run);
         }
+        let ids: Vec<String> = stopped.iter().map(|run| run.run_id.clone()).collect();
         self.audit
-            .append(journal::runs_stopped(own_run_id, event, &stopped))
+            .append(journal::runs_stopped(own_run_id, event, &ids))
             .await?;
-        Ok(RunReport {
-            run_id: own_run_id.to_string(),
-            status: RunStatus::Completed,
-            duplicate: false,
-            plan: None,
-            outcomes: Vec::new(),
-            refused: None,
-            wake_at: None,
-            stopped_runs: stopped,
-        })
+        Ok(stopped)
+    }
+
+    /// What a rehire or cancel puts back (`restore::restore_plan`).
+    async fn restore_plan(
+        &self,
+        event: &LifecycleEvent,
+        stopped: &[RunRecord],
+    ) -> Result<Plan, EngineError> {
+        let mut runs = Vec::with_capacity(stopped.len());
+        for run in stopped {
+            runs.push(StoppedRun {
+                plan: run.plan.clone(),
+                outcomes: self.store.task_outcomes(&run.run_id).await?,
+            });
+        }
+        Ok(restore::restore_plan(
+            event,
+            &self.policy,
+            &runs,
+            |system| {
+                self.connectors
+                    .get(system)
+                    .is_some_and(|connector| connector.supports().contains(&StageKind::Restore))
+            },
+        ))
     }
 }
 

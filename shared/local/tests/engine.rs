@@ -11,7 +11,7 @@ use deprov_core::audit::verify_chain;
 use deprov_core::plan::Action;
 use deprov_core::ports::{AuditLog, Clock, RunStatus, RunStore};
 use deprov_core::testing::{sample_event, sample_policy, ManualClock};
-use deprov_core::{Connector, ConnectorError, LifecycleEvent, Policy, TaskStatus};
+use deprov_core::{AuditKind, Connector, ConnectorError, LifecycleEvent, Policy, TaskStatus};
 use deprov_local::{Engine, EngineOptions, SqliteStore};
 
 struct Rig {
@@ -204,18 +204,64 @@ async fn a_duplicate_delivery_starts_nothing_new() {
     );
 }
 
-#[tokio::test]
-async fn a_rehire_before_the_delete_stage_cancels_it() {
-    let rig = rig(fast_policy());
-    let report = rig.engine.submit(&sample_event()).await.unwrap();
-    assert_eq!(report.status, RunStatus::Waiting);
+fn rehire_event(event_id: &str) -> LifecycleEvent {
     let mut rehire: serde_json::Value = serde_json::to_value(sample_event()).unwrap();
-    rehire["event_id"] = "hr-1002".into();
+    rehire["event_id"] = event_id.into();
     rehire["kind"] = "rehire".into();
     rehire.as_object_mut().unwrap().remove("termination_type");
-    let rehire = LifecycleEvent::parse(rehire.to_string().as_bytes()).unwrap();
-    let stop = rig.engine.submit(&rehire).await.unwrap();
+    LifecycleEvent::parse(rehire.to_string().as_bytes()).unwrap()
+}
+
+fn group_names(account: &deprov_core::Account) -> Vec<String> {
+    let mut names: Vec<String> = account
+        .entitlements
+        .iter()
+        .map(|e| e.name.clone())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_rehire_before_the_delete_stage_cancels_it_and_restores_the_pre_state() {
+    let rig = rig(fast_policy());
+    let before = rig.crm.account("42").unwrap();
+    let report = rig.engine.submit(&sample_event()).await.unwrap();
+    assert_eq!(report.status, RunStatus::Waiting);
+    let revoked = rig.crm.account("42").unwrap();
+    assert!(!revoked.active && revoked.entitlements.is_empty());
+
+    let stop = rig.engine.submit(&rehire_event("hr-1002")).await.unwrap();
     assert_eq!(stop.stopped_runs, vec![report.run_id.clone()]);
+    assert_eq!(stop.status, RunStatus::Completed);
+    let restored = rig.crm.account("42").unwrap();
+    assert!(restored.active, "enabled again");
+    assert_eq!(group_names(&restored), group_names(&before));
+    let restore_tasks: Vec<Action> = stop.outcomes.iter().map(|o| o.task.action).collect();
+    assert_eq!(
+        restore_tasks,
+        [
+            Action::Enable,
+            Action::RestoreEntitlement,
+            Action::RestoreEntitlement
+        ]
+    );
+    assert!(stop
+        .outcomes
+        .iter()
+        .all(|o| o.status == TaskStatus::Verified && o.evidence.is_some()));
+    // The plan names what cannot come back.
+    let plan = stop.plan.as_ref().unwrap();
+    assert!(plan
+        .skipped
+        .iter()
+        .any(|s| s.reason.contains("sessions are not restored")));
+    // The same rehire delivered again changes nothing.
+    let changes = rig.crm.changes();
+    let again = rig.engine.submit(&rehire_event("hr-1002")).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(rig.crm.changes(), changes);
+
     rig.clock.advance(Days::days(31));
     assert!(rig.engine.resume_due().await.unwrap().is_empty());
     assert!(rig.crm.account("42").is_some(), "never deleted");
@@ -231,7 +277,47 @@ async fn a_rehire_before_the_delete_stage_cancels_it() {
         .count();
     assert_eq!(cancelled, 1, "the pending delete of ada's account");
     chain_ok(&rig.store, &report.run_id).await;
+    // The rehire's own trail tells the story: the runs it stopped, the restore plan, each
+    // restore task with its evidence, the stage, the summary.
     chain_ok(&rig.store, &stop.run_id).await;
+    let kinds: Vec<AuditKind> = rig
+        .store
+        .records(&stop.run_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.body.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            AuditKind::RunsStopped,
+            AuditKind::PlanRecorded,
+            AuditKind::TaskCompleted,
+            AuditKind::TaskCompleted,
+            AuditKind::TaskCompleted,
+            AuditKind::StageCompleted,
+            AuditKind::RunFinished,
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_policy_without_restore_only_stops_and_says_so() {
+    let mut policy = fast_policy();
+    policy.restore.on_rehire = false;
+    let rig = rig(policy);
+    rig.engine.submit(&sample_event()).await.unwrap();
+    let stop = rig.engine.submit(&rehire_event("hr-1003")).await.unwrap();
+    assert_eq!(stop.stopped_runs.len(), 1);
+    assert!(stop.outcomes.is_empty());
+    assert!(!rig.crm.account("42").unwrap().active, "left disabled");
+    assert!(stop
+        .plan
+        .unwrap()
+        .skipped
+        .iter()
+        .any(|s| s.reason.contains("on_rehire = false")));
 }
 
 #[tokio::test]

@@ -22,6 +22,7 @@ pub(crate) const PASSWORD_FIELD: &str = "password";
 
 pub(crate) const NO_SUCH_ATTRIBUTE: u32 = 16;
 pub(crate) const UNDEFINED_ATTRIBUTE_TYPE: u32 = 17;
+pub(crate) const ATTRIBUTE_OR_VALUE_EXISTS: u32 = 20;
 pub(crate) const NO_SUCH_OBJECT: u32 = 32;
 pub(crate) const OBJECT_CLASS_VIOLATION: u32 = 65;
 pub(crate) const NOT_ALLOWED_ON_NON_LEAF: u32 = 66;
