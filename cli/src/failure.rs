@@ -6,6 +6,8 @@ pub const INVALID_INPUT: u8 = 2;
 pub const ESCALATED: u8 = 3;
 pub const REFUSED: u8 = 4;
 pub const AUDIT_BROKEN: u8 = 5;
+/// The brake held the work back; `deprov approve` releases it.
+pub const QUARANTINED: u8 = 6;
 
 /// A command's failure: the message says what to fix, the code what kind of failure it is.
 #[derive(Debug)]

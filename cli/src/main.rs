@@ -8,6 +8,7 @@ mod output;
 mod policy_check;
 mod run;
 mod setup;
+mod sweep;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,7 +22,7 @@ use crate::failure::Failure;
     name = "deprov",
     version,
     about = "Automated deprovisioning: revoke a person's access everywhere, prove every removal, keep a tamper-evident audit trail.",
-    after_help = "Exit codes: 0 every due task verified · 1 failure · 2 invalid input · 3 escalations · 4 refused by policy limits · 5 audit chain broken"
+    after_help = "Exit codes: 0 every due task verified · 1 failure · 2 invalid input · 3 escalations · 4 refused by policy limits · 5 audit chain broken · 6 quarantined by the brake (release with `deprov approve`)"
 )]
 struct Cli {
     /// Log filter (tracing syntax), e.g. `info` or `deprov_local=debug`.
@@ -41,6 +42,15 @@ enum Command {
     Plan(run::PlanArgs),
     /// Run delayed stages that are due and finish interrupted runs.
     Resume(run::ResumeArgs),
+    /// Find inactive and orphan accounts on every policy system; start their runs, or
+    /// quarantine them all when the brake's limits are exceeded.
+    Sweep(sweep::SweepArgs),
+    /// Release a quarantine: record who and why, then start its runs.
+    Approve(sweep::DecideArgs),
+    /// Refuse a quarantine: record who and why; its runs never start.
+    Deny(sweep::DecideArgs),
+    /// List quarantines and their decisions.
+    Quarantines(sweep::QuarantinesArgs),
     /// Check and read the audit trail.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -99,6 +109,10 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(args).await,
             Command::Plan(args) => run::plan(args).await,
             Command::Resume(args) => run::resume(args).await,
+            Command::Sweep(args) => sweep::sweep(args).await,
+            Command::Approve(args) => sweep::approve(args).await,
+            Command::Deny(args) => sweep::deny(args).await,
+            Command::Quarantines(args) => sweep::list(args).await,
             Command::Audit(command) => audit::audit(command).await,
             Command::Policy(PolicyCommand::Check(args)) => policy_check::check(&args.file),
             Command::Bench(command) => bench::bench(command).await,

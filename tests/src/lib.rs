@@ -301,3 +301,29 @@ pub fn scim2_server_binary() -> PathBuf {
 pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
+
+/// The `deprov` binary next to the running test's executable (`cargo build -p deprov`
+/// builds it; `tests/run.sh` does). Panics, saying so, when it is missing.
+pub fn deprov_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|err| panic!("no test executable: {err}"));
+    let binary = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("deprov"))
+        .unwrap_or_else(|| panic!("{} has no grandparent directory", exe.display()));
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build -p deprov` (tests/run.sh does)",
+        binary.display()
+    );
+    binary
+}
+
+/// A finished command's stdout and stderr, for assertion messages.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}

@@ -5,7 +5,10 @@
 //! What it could not do — a system whose accounts could not be listed, a run that did not
 //! start — is in the summary, and makes the function fail *after* starting the runs it
 //! could: the Errors alarm sees it, and Lambda's retry of the invocation starts only what
-//! is missing. Too many findings (the policy's blast radius) start nothing and fail.
+//! is missing. When the brake trips (core's `brake::check`: a system's `max_accounts` or
+//! `max_percent`, or `max_runs_per_sweep`), nothing starts: the runs are held in a
+//! quarantine in the runs table (`QUARANTINE#<id>`, the same id when retried) and the
+//! function fails with the alert, which the Errors alarm sends to the alarm topic.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,21 +17,23 @@ use std::time::Duration;
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use chrono::{DateTime, Utc};
 use deprov_aws::FunctionError;
+use deprov_core::brake::Trigger;
 use deprov_core::connector::ConnectorFactory;
-use deprov_core::flow::RunInput;
 use deprov_core::launch::{RunStart, RunStarter};
-use deprov_core::policy::Retry;
-use deprov_core::ports::PolicySource;
-use deprov_core::sweep::{check_blast_radius, findings};
-use deprov_core::{ids, Account, Connector, ConnectorError, ErrorKind, EventKind, LifecycleEvent};
+use deprov_core::ports::{PolicySource, RunStore};
+use deprov_core::quarantine::Quarantine;
+use deprov_core::sweep::FindingKind;
+use deprov_core::{ids, ErrorKind, EventKind};
 use lambda_runtime::LambdaEvent;
 use serde::Serialize;
 use serde_json::Value;
 use tracing::Instrument;
 
-pub struct Deps<P, L> {
+pub struct Deps<P, L, S> {
     pub policies: P,
     pub starter: L,
+    /// The runs table: people known from HR events (orphans) and quarantines.
+    pub store: S,
     pub connectors: Box<ConnectorFactory>,
     /// How long listing one system's accounts may take, retries included.
     pub listing_timeout: Duration,
@@ -47,10 +52,15 @@ pub struct Summary {
     pub accounts_seen: usize,
     /// Inactive accounts found, one run each.
     pub findings: usize,
+    /// Orphan accounts found (runs only with `[sweep] orphans = "act"`).
+    pub orphans: usize,
     /// Runs started by this sweep.
     pub started: usize,
     /// Findings whose run exists already (started by an earlier sweep, running or done).
     pub already_running: usize,
+    /// The quarantine holding this sweep's runs, when the brake tripped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantine_id: Option<String>,
     pub failed: Vec<Failure>,
 }
 
@@ -72,8 +82,8 @@ pub struct Failure {
     retryable: bool,
 }
 
-pub async fn handle<P: PolicySource, L: RunStarter>(
-    deps: &Deps<P, L>,
+pub async fn handle<P: PolicySource, L: RunStarter, S: RunStore>(
+    deps: &Deps<P, L, S>,
     event: LambdaEvent<EventBridgeEvent<Value>>,
 ) -> Result<Summary, FunctionError> {
     let invocation = event.payload.id.unwrap_or_default();
@@ -81,8 +91,8 @@ pub async fn handle<P: PolicySource, L: RunStarter>(
     sweep(deps, Utc::now()).instrument(span).await
 }
 
-async fn sweep<P: PolicySource, L: RunStarter>(
-    deps: &Deps<P, L>,
+async fn sweep<P: PolicySource, L: RunStarter, S: RunStore>(
+    deps: &Deps<P, L, S>,
     now: DateTime<Utc>,
 ) -> Result<Summary, FunctionError> {
     let policy = Arc::new(deps.policies.active().await?);
@@ -106,55 +116,87 @@ async fn sweep<P: PolicySource, L: RunStarter>(
         return Ok(summary);
     }
 
-    let mut found: Vec<LifecycleEvent> = Vec::new();
-    for (system, listed) in list_all(deps, &policy, &mut summary).await {
-        match listed {
-            Ok(accounts) => {
-                let inactive = findings(&policy, &system, &accounts, now);
-                tracing::info!(system = %system, accounts = accounts.len(), findings = inactive.len(), "system swept");
-                summary.accounts_seen += accounts.len();
-                summary.systems_swept.push(system);
-                found.extend(inactive);
+    let mut connectors = BTreeMap::new();
+    for (system, config) in &policy.systems {
+        match (deps.connectors)(system, config) {
+            Ok(connector) => {
+                connectors.insert(system.clone(), connector);
             }
-            Err(ConnectorError::Unsupported(what)) => {
-                let kind = policy
-                    .systems
-                    .get(&system)
-                    .map(|config| config.kind.as_str())
-                    .unwrap_or("?");
-                tracing::info!(system = %system, "connector cannot list accounts; skipped");
+            Err(error) => summary.failed.push(Failure {
+                system: Some(system.clone()),
+                run_id: None,
+                error: format!("building the connector of \"{system}\": {error}"),
+                retryable: error.kind().is_retryable(),
+            }),
+        }
+    }
+    let listings = deprov_connectors::list_all(
+        &connectors,
+        &policy.retry,
+        deps.listing_timeout,
+        deps.listings_at_once,
+    )
+    .await;
+    let people = deps.store.people().await?;
+    let report = deprov_core::sweep::sweep(&policy, &listings, &people, now);
+    for system in &report.systems {
+        match (&system.skipped, system.failed) {
+            (None, _) => {
+                tracing::info!(system = %system.system, accounts = system.accounts, inactive = system.inactive, orphans = system.orphans, exempted = system.exempted, "system swept");
+                summary.accounts_seen += system.accounts;
+                summary.systems_swept.push(system.system.clone());
+            }
+            (Some(reason), false) => {
+                tracing::info!(system = %system.system, reason = %reason, "system skipped");
                 summary.systems_skipped.push(SkippedSystem {
-                    system,
-                    reason: format!("its connector ({kind}) cannot {what}"),
+                    system: system.system.clone(),
+                    reason: reason.clone(),
                 });
             }
-            Err(error) => {
-                tracing::error!(system = %system, error = %error, "listing accounts failed");
+            (Some(reason), true) => {
+                tracing::error!(system = %system.system, error = %reason, "listing accounts failed");
+                let error = listings
+                    .get(&system.system)
+                    .and_then(|listing| listing.as_ref().err());
                 summary.failed.push(Failure {
-                    system: Some(system.clone()),
+                    system: Some(system.system.clone()),
                     run_id: None,
-                    error: format!("listing the accounts of \"{system}\": {error}"),
-                    retryable: error.kind().is_retryable(),
+                    error: format!(
+                        "listing the accounts of \"{}\": {}",
+                        system.system,
+                        error.map_or_else(|| reason.clone(), ToString::to_string)
+                    ),
+                    retryable: error.is_some_and(|error| error.kind().is_retryable()),
                 });
             }
         }
     }
-    summary.findings = found.len();
-    if let Err(too_many) = check_blast_radius(&policy, &found) {
-        tracing::error!(summary = %render(&summary), "{too_many}");
-        return Err(FunctionError::new(
-            ErrorKind::Permanent,
-            too_many.to_string(),
-        ));
+    summary.findings = report.count(FindingKind::Inactive);
+    summary.orphans = report.count(FindingKind::Orphan);
+    for finding in report.findings.iter().filter(|f| !f.acts) {
+        tracing::info!(system = %finding.system, account = %finding.username, kind = finding.kind.as_str(), reason = %finding.reason, "reported, not acted on");
     }
 
-    for event in found {
-        let run_id = ids::run_id(&event.source, &event.event_id);
-        let system = event.systems.first().cloned();
-        let input = RunInput {
-            event,
-            dry_run: false,
-        };
+    if !report.brake.is_clear() {
+        let held = Quarantine::new(
+            Trigger::Sweep,
+            &policy.version,
+            report.brake.breaches().to_vec(),
+            report.exposures(),
+            report.run_inputs(),
+            now,
+        );
+        let stored = deps.store.put_quarantine(&held).await?;
+        summary.quarantine_id = Some(stored.quarantine_id.clone());
+        let alert = stored.alert();
+        // The alert: this function's Errors alarm (SweepErrorsAlarm) notifies the alarm topic.
+        tracing::error!(quarantine_id = %stored.quarantine_id, summary = %render(&summary), "{alert}");
+        return Err(FunctionError::new(ErrorKind::Permanent, alert));
+    }
+
+    for input in report.run_inputs() {
+        let run_id = ids::run_id(&input.event.source, &input.event.event_id);
+        let system = input.event.systems.first().cloned();
         match deps.starter.start_run(&run_id, &input).await {
             Ok(RunStart::Started) => {
                 tracing::info!(run_id = %run_id, system = system.as_deref().unwrap_or(""), "run started");
@@ -201,88 +243,6 @@ async fn sweep<P: PolicySource, L: RunStarter>(
     ))
 }
 
-/// Lists every policy system's accounts, `listings_at_once` at a time, in system order.
-async fn list_all<P, L>(
-    deps: &Deps<P, L>,
-    policy: &Arc<deprov_core::Policy>,
-    summary: &mut Summary,
-) -> BTreeMap<String, Result<Vec<Account>, ConnectorError>> {
-    let permits = Arc::new(tokio::sync::Semaphore::new(deps.listings_at_once.max(1)));
-    let mut listings = tokio::task::JoinSet::new();
-    for (system, config) in &policy.systems {
-        let connector = match (deps.connectors)(system, config) {
-            Ok(connector) => connector,
-            Err(error) => {
-                summary.failed.push(Failure {
-                    system: Some(system.clone()),
-                    run_id: None,
-                    error: format!("building the connector of \"{system}\": {error}"),
-                    retryable: error.kind().is_retryable(),
-                });
-                continue;
-            }
-        };
-        let permits = permits.clone();
-        let retry = policy.retry.clone();
-        let timeout = deps.listing_timeout;
-        let name = system.clone();
-        let span = tracing::info_span!("list_accounts", system = %system);
-        listings.spawn(
-            async move {
-                let _permit = permits.acquire_owned().await.ok();
-                (name, list(connector.as_ref(), &retry, timeout).await)
-            }
-            .instrument(span),
-        );
-    }
-    let mut listed = BTreeMap::new();
-    while let Some(joined) = listings.join_next().await {
-        match joined {
-            Ok((system, result)) => {
-                listed.insert(system, result);
-            }
-            Err(error) => summary.failed.push(Failure {
-                system: None,
-                run_id: None,
-                error: format!("a listing task failed: {error}"),
-                retryable: true,
-            }),
-        }
-    }
-    listed
-}
-
-/// One system's accounts, retrying throttled and transient failures with the policy's
-/// backoff, within `timeout`.
-async fn list(
-    connector: &dyn Connector,
-    retry: &Retry,
-    timeout: Duration,
-) -> Result<Vec<Account>, ConnectorError> {
-    let attempts = async {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match connector.list_accounts().await {
-                Err(error) if error.kind().is_retryable() && attempt < retry.max_attempts => {
-                    tracing::warn!(attempt, error = %error, "listing accounts again");
-                    let wait = retry.backoff(attempt, error.retry_after(), fastrand::f64());
-                    tokio::time::sleep(wait).await;
-                }
-                other => return other,
-            }
-        }
-    };
-    tokio::time::timeout(timeout, attempts)
-        .await
-        .unwrap_or_else(|_| {
-            Err(ConnectorError::Transient(format!(
-                "listing accounts took longer than {}s",
-                timeout.as_secs()
-            )))
-        })
-}
-
 fn render(summary: &Summary) -> String {
     serde_json::to_string(summary).unwrap_or_default()
 }
@@ -292,11 +252,14 @@ mod tests {
     use super::*;
     use async_trait::async_trait;
     use deprov_connectors::memory::{MemoryConnector, MemoryDirectory};
+    use deprov_core::flow::RunInput;
     use deprov_core::launch::MemoryLauncher;
     use deprov_core::plan::{StageKind, Task};
     use deprov_core::policy::{HumanDuration, Scenario};
-    use deprov_core::testing::{sample_policy, MemoryPolicies};
-    use deprov_core::{Applied, Evidence, PersonQuery, Policy};
+    use deprov_core::ports::{AuditLog, Decided};
+    use deprov_core::quarantine::{Decision, QuarantineStatus};
+    use deprov_core::testing::{sample_policy, MemoryPolicies, MemoryStore};
+    use deprov_core::{Account, Applied, Connector, ConnectorError, Evidence, PersonQuery, Policy};
     use lambda_runtime::Context;
 
     /// A connector whose listing answers as scripted; it does nothing else.
@@ -333,6 +296,8 @@ mod tests {
                 approval: false,
             },
         );
+        // The brake's percentage is judged in its own test.
+        policy.limits.max_percent = 100.0;
         policy.retry.max_attempts = 2;
         policy.retry.base_delay = HumanDuration(Duration::from_millis(1));
         policy.retry.max_delay = HumanDuration(Duration::from_millis(1));
@@ -344,11 +309,12 @@ mod tests {
         policy: Policy,
         crm: Arc<MemoryDirectory>,
         wiki: Result<Vec<Account>, ConnectorError>,
-    ) -> Deps<MemoryPolicies, MemoryLauncher> {
+    ) -> Deps<MemoryPolicies, MemoryLauncher, MemoryStore> {
         let wiki: Arc<dyn Connector> = Arc::new(Scripted(wiki));
         Deps {
             policies: MemoryPolicies::new(policy),
             starter: MemoryLauncher::default(),
+            store: MemoryStore::default(),
             connectors: Box::new(move |system, _config| match system {
                 "crm" => Ok(Arc::new(MemoryConnector::new(crm.clone())) as Arc<dyn Connector>),
                 "wiki" => Ok(wiki.clone()),
@@ -419,21 +385,80 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn too_many_findings_start_nothing_and_fail() {
+    async fn too_many_findings_are_quarantined_and_start_nothing() {
         let deps = deps(policy(), directory(26), Ok(Vec::new()));
         let err = handle(&deps, scheduled()).await.unwrap_err();
         assert_eq!(err.error_type, "Deprov.Permanent");
+        assert!(err.message.starts_with("QUARANTINED q-"), "{}", err.message);
         assert!(
-            err.message.contains("found 26 inactive accounts (crm: 26)"),
-            "{}",
             err.message
-        );
-        assert!(
-            err.message.contains("max_runs_per_sweep = 25"),
+                .contains("the sweep would start 26 runs, more than sweep.max_runs_per_sweep = 25"),
             "{}",
             err.message
         );
         assert_eq!(deps.starter.start_calls(), 0);
+        let held = deps.store.quarantines().await.unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].status, QuarantineStatus::Pending);
+        assert_eq!(held[0].runs.len(), 26);
+        // The retried invocation holds the same quarantine, and still starts nothing.
+        let again = handle(&deps, scheduled()).await.unwrap_err();
+        assert_eq!(again.message, err.message);
+        assert_eq!(deps.store.quarantines().await.unwrap().len(), 1);
+        assert_eq!(deps.starter.start_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_sweep_over_a_systems_percentage_is_quarantined() {
+        let mut policy = policy();
+        policy.limits.max_percent = 10.0;
+        // 3 idle accounts of 5 listed: 60% of crm.
+        let deps = deps(policy, directory(3), Ok(Vec::new()));
+        let err = handle(&deps, scheduled()).await.unwrap_err();
+        assert!(
+            err.message.contains(
+                "the sweep would act on 3 of the 5 accounts of \"crm\" (60.0%), more than limits.max_percent = 10"
+            ),
+            "{}",
+            err.message
+        );
+        assert_eq!(deps.starter.start_calls(), 0);
+        let held = deps.store.quarantines().await.unwrap();
+        let id = &held[0].quarantine_id;
+        assert!(err.message.contains(&format!("deprov approve {id}")));
+        // Approved through the store port, the quarantine holds the runs to start.
+        let decision = Decision::new("grace", "checked", Utc::now()).unwrap();
+        let decided = deprov_core::quarantine::decide(
+            &deps.store,
+            &deps.store,
+            id,
+            QuarantineStatus::Approved,
+            &decision,
+        )
+        .await
+        .unwrap();
+        let Decided::Now(approved) = decided else {
+            panic!("{decided:?}")
+        };
+        assert_eq!(approved.runs.len(), 3);
+        assert_eq!(deps.store.records(id).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn orphans_are_reported_from_the_people_hr_described() {
+        let crm = directory(0);
+        let deps = deps(policy(), crm, Ok(Vec::new()));
+        let mut left = deprov_core::testing::sample_event();
+        left.person.usernames = BTreeMap::from([("crm".to_string(), "busy".to_string())]);
+        left.effective_at = (Utc::now() - chrono::Duration::days(1)).fixed_offset();
+        let person = deprov_core::people::PersonRecord::from_event(&left).unwrap();
+        deps.store.record_person(&person).await.unwrap();
+        let summary = handle(&deps, scheduled()).await.unwrap();
+        // "busy" belongs to someone who left, "quiet" to nobody known: reported, not run.
+        assert_eq!(
+            (summary.findings, summary.orphans, summary.started),
+            (0, 2, 0)
+        );
     }
 
     #[tokio::test]

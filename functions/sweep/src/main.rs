@@ -9,7 +9,8 @@ use std::time::Duration;
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use deprov_aws::lambda::{init_tracing, required_env};
 use deprov_aws::{
-    load_sdk_config, AwsSettings, DynamoPolicyStore, Executions, SecretsManagerSource,
+    load_sdk_config, AwsSettings, DynamoPolicyStore, DynamoRunStore, Executions,
+    SecretsManagerSource,
 };
 use deprov_core::ports::SecretSource;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
@@ -18,6 +19,7 @@ use lambda_runtime::{service_fn, Error, LambdaEvent};
 async fn main() -> Result<(), Error> {
     init_tracing();
     let config_table = required_env("DEPROV_CONFIG_TABLE")?;
+    let runs_table = required_env("DEPROV_RUNS_TABLE")?;
     let state_machine_arn = required_env("DEPROV_STATE_MACHINE_ARN")?;
     let sdk = load_sdk_config(&AwsSettings::from_env()).await;
     let secrets: Arc<dyn SecretSource> = Arc::new(SecretsManagerSource::new(
@@ -27,6 +29,7 @@ async fn main() -> Result<(), Error> {
     let deps = handler::Deps {
         policies: DynamoPolicyStore::new(aws_sdk_dynamodb::Client::new(&sdk), config_table),
         starter: Executions::new(aws_sdk_sfn::Client::new(&sdk), state_machine_arn),
+        store: DynamoRunStore::new(aws_sdk_dynamodb::Client::new(&sdk), runs_table),
         connectors: Box::new(move |system, config| {
             deprov_connectors::build(system, config, secrets.clone())
         }),

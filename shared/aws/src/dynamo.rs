@@ -6,7 +6,8 @@
 //!   `status_key` (sparse index `by_status`, sorted by `wake_at`) and `person` (index
 //!   `by_person`);
 //! - `RUN#<run_id>` / `TASK#<task_id>` — attempts and the first recorded outcome;
-//! - `AUDIT#<run_id>` / `HEAD` — the chain's head, and `KEY#<key>` — which seq holds a key.
+//! - `AUDIT#<run_id>` / `HEAD` — the chain's head, and `KEY#<key>` — which seq holds a key;
+//! - `PERSON#<id>` and `QUARANTINE#<id>` — see `people`.
 //!
 //! Audit table (`run_id` string, `seq` number): append-only records; index `by_subject`.
 //! An append is one transaction: the record (new seq), its key marker and the head moved
@@ -22,11 +23,16 @@ use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, SecondsFormat, Utc};
 use deprov_core::audit::{AuditEntry, AuditRecord, Body, ChainHead};
+use deprov_core::people::PersonRecord;
 use deprov_core::plan::Task;
+use deprov_core::ports::Decided;
 use deprov_core::ports::{
     AuditLog, EventClaim, RunRecord, RunStatus, RunStore, StoreError, TaskStart,
 };
+use deprov_core::quarantine::{Decision, Quarantine, QuarantineStatus};
 use deprov_core::task::TaskOutcome;
+
+mod people;
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -445,6 +451,35 @@ impl RunStore for DynamoRunStore {
                 serde_json::from_str(outcome).map_err(|err| corrupt("task outcome", err))
             })
             .collect()
+    }
+
+    async fn record_person(&self, person: &PersonRecord) -> Result<(), StoreError> {
+        self.record_person_item(person).await
+    }
+
+    async fn people(&self) -> Result<Vec<PersonRecord>, StoreError> {
+        self.people_items().await
+    }
+
+    async fn put_quarantine(&self, quarantine: &Quarantine) -> Result<Quarantine, StoreError> {
+        self.put_quarantine_items(quarantine).await
+    }
+
+    async fn get_quarantine(&self, id: &str) -> Result<Option<Quarantine>, StoreError> {
+        self.get_quarantine_items(id).await
+    }
+
+    async fn quarantines(&self) -> Result<Vec<Quarantine>, StoreError> {
+        self.quarantine_items().await
+    }
+
+    async fn decide_quarantine(
+        &self,
+        id: &str,
+        status: QuarantineStatus,
+        decision: &Decision,
+    ) -> Result<Decided, StoreError> {
+        self.decide_quarantine_item(id, status, decision).await
     }
 }
 

@@ -22,7 +22,7 @@ pub mod postgres;
 pub mod scim;
 pub mod slack;
 
-pub use discovery::discover;
+pub use discovery::{discover, list_accounts, list_all};
 
 /// The connector kinds a policy may name.
 pub const KINDS: &[&str] = &[

@@ -40,6 +40,13 @@ pub enum AuditKind {
     ApprovalTimedOut,
     /// The run's summary; escalations listed.
     RunFinished,
+    /// The brake held a trigger back: nothing ran (the quarantine's record, and each held
+    /// run's).
+    Quarantined,
+    /// Someone released a quarantine; its runs start.
+    QuarantineApproved,
+    /// Someone refused a quarantine; its runs never start.
+    QuarantineDenied,
 }
 
 /// What a caller asks the audit log to append; the log numbers and chains it.

@@ -8,6 +8,7 @@ use crate::event::LifecycleEvent;
 use crate::flow::RunSummary;
 use crate::plan::{Plan, StageKind};
 use crate::ports::RunStatus;
+use crate::quarantine::{Quarantine, QuarantineStatus};
 use crate::task::{StageRecord, TaskOutcome, TaskStatus};
 
 fn run_entry(
@@ -194,4 +195,78 @@ pub fn approval_timed_out(
         AuditKind::ApprovalTimedOut,
         json!({"until": until, "reason": "no approval before the deadline; nothing was changed"}),
     )
+}
+
+/// The brake held a trigger back. One record in the quarantine's own chain (its run id is
+/// the quarantine id): what would have been touched and why it was held; and one in each
+/// held run's chain, so the person's history shows the run waited.
+pub fn quarantined(quarantine: &Quarantine) -> Vec<AuditEntry> {
+    let mut entries = vec![run_entry(
+        &quarantine.quarantine_id,
+        quarantine.trigger.as_str(),
+        "quarantine".into(),
+        AuditKind::Quarantined,
+        json!({
+            "quarantine_id": quarantine.quarantine_id,
+            "trigger": quarantine.trigger,
+            "policy_version": quarantine.policy_version,
+            "breaches": quarantine.breaches,
+            "exposures": quarantine.exposures,
+            "runs": quarantine.run_ids(),
+            "accounts": quarantine.accounts(),
+        }),
+    )];
+    entries.extend(held_runs(
+        quarantine,
+        "quarantined",
+        AuditKind::Quarantined,
+        |_| json!({"quarantine_id": quarantine.quarantine_id, "breaches": quarantine.breaches}),
+    ));
+    entries
+}
+
+/// Someone approved or denied a quarantine: who, why, and the runs it releases or drops.
+pub fn quarantine_decided(quarantine: &Quarantine) -> Vec<AuditEntry> {
+    let (key, kind) = match quarantine.status {
+        QuarantineStatus::Denied => ("quarantine:denied", AuditKind::QuarantineDenied),
+        _ => ("quarantine:approved", AuditKind::QuarantineApproved),
+    };
+    let detail = json!({
+        "quarantine_id": quarantine.quarantine_id,
+        "status": quarantine.status,
+        "decision": quarantine.decision,
+        "runs": quarantine.run_ids(),
+    });
+    let mut entries = vec![run_entry(
+        &quarantine.quarantine_id,
+        quarantine.trigger.as_str(),
+        key.into(),
+        kind,
+        detail.clone(),
+    )];
+    entries.extend(held_runs(quarantine, key, kind, |_| detail.clone()));
+    entries
+}
+
+fn held_runs<'q>(
+    quarantine: &'q Quarantine,
+    key: &'q str,
+    kind: AuditKind,
+    detail: impl Fn(&LifecycleEvent) -> serde_json::Value + 'q,
+) -> impl Iterator<Item = AuditEntry> + 'q {
+    quarantine
+        .runs
+        .iter()
+        .zip(quarantine.run_ids())
+        .map(move |(input, run_id)| {
+            let mut entry = run_entry(
+                &run_id,
+                &input.event.person.id,
+                format!("{key}:{}", quarantine.quarantine_id),
+                kind,
+                detail(&input.event),
+            );
+            entry.system = input.event.systems.first().cloned();
+            entry
+        })
 }

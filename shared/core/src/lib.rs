@@ -5,6 +5,7 @@
 //! orchestrator is defined here once, as serde types.
 
 pub mod audit;
+pub mod brake;
 pub mod canonical;
 pub mod connector;
 pub mod duration;
@@ -14,9 +15,11 @@ pub mod flow;
 pub mod ids;
 pub mod journal;
 pub mod launch;
+pub mod people;
 pub mod plan;
 pub mod policy;
 pub mod ports;
+pub mod quarantine;
 pub mod restore;
 pub mod signature;
 pub mod sweep;

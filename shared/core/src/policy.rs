@@ -68,6 +68,12 @@ pub struct SystemConfig {
     /// A run that would change this system waits for a person's approval first.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub approval: bool,
+    /// This system's brake: `[limits] max_accounts` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_accounts: Option<u32>,
+    /// This system's brake: `[limits] max_percent` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_percent: Option<f64>,
 }
 
 fn default_concurrency() -> u32 {
@@ -118,6 +124,14 @@ pub struct Limits {
     /// A run with more tasks than this is refused.
     #[serde(default = "default_max_tasks")]
     pub max_tasks_per_run: u32,
+    /// The brake: a sweep, an intake burst or a run that would act on more accounts than
+    /// this on one system is quarantined until someone approves it.
+    #[serde(default = "default_brake_accounts")]
+    pub max_accounts: u32,
+    /// The brake, relative: more than this percentage of a system's listed accounts
+    /// (acting on a single account never counts as a percentage).
+    #[serde(default = "default_brake_percent")]
+    pub max_percent: f64,
 }
 
 fn default_max_accounts() -> u32 {
@@ -126,12 +140,44 @@ fn default_max_accounts() -> u32 {
 fn default_max_tasks() -> u32 {
     1000
 }
+fn default_brake_accounts() -> u32 {
+    50
+}
+fn default_brake_percent() -> f64 {
+    10.0
+}
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_accounts_per_run: default_max_accounts(),
             max_tasks_per_run: default_max_tasks(),
+            max_accounts: default_brake_accounts(),
+            max_percent: default_brake_percent(),
+        }
+    }
+}
+
+/// What the sweep does with orphans: active accounts that match no active person known
+/// from HR events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrphanMode {
+    /// Not looked for.
+    Off,
+    /// Listed by the sweep, never acted on.
+    #[default]
+    Report,
+    /// One `orphan` run per orphan (needs `[scenarios.orphan]`).
+    Act,
+}
+
+impl OrphanMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrphanMode::Off => "off",
+            OrphanMode::Report => "report",
+            OrphanMode::Act => "act",
         }
     }
 }
@@ -145,11 +191,14 @@ pub struct Sweep {
     /// own `inactive_after` overrides it.
     #[serde(default = "default_inactive_after")]
     pub inactive_after: HumanDuration,
-    /// Blast radius: a sweep that finds more inactive accounts than this starts none of
-    /// their runs and fails, since a connector bug or a wrong clock would otherwise disable
+    /// Blast radius: a sweep that would start more runs than this starts none of them and
+    /// is quarantined, since a connector bug or a wrong clock would otherwise disable
     /// everyone.
     #[serde(default = "default_max_runs_per_sweep")]
     pub max_runs_per_sweep: u32,
+    /// Orphan accounts: `report` (the default), `act` or `off`.
+    #[serde(default)]
+    pub orphans: OrphanMode,
 }
 
 /// Shorter inactivity thresholds would catch people on a long weekend.
@@ -167,6 +216,7 @@ impl Default for Sweep {
         Sweep {
             inactive_after: default_inactive_after(),
             max_runs_per_sweep: default_max_runs_per_sweep(),
+            orphans: OrphanMode::default(),
         }
     }
 }
@@ -401,6 +451,16 @@ impl Policy {
                     );
                 }
             }
+            if let Some(max) = system.max_accounts {
+                if max == 0 {
+                    problem(at("max_accounts"), "must be at least 1".into());
+                }
+            }
+            if let Some(percent) = system.max_percent {
+                if let Some(message) = percent_problem(percent) {
+                    problem(at("max_percent"), message);
+                }
+            }
             if let Some(secret) = &system.secret {
                 let valid = !secret.is_empty()
                     && secret.len() <= 256
@@ -509,6 +569,18 @@ impl Policy {
                 "must be at least 1".into(),
             );
         }
+        if self.limits.max_accounts == 0 {
+            problem("limits.max_accounts".into(), "must be at least 1".into());
+        }
+        if let Some(message) = percent_problem(self.limits.max_percent) {
+            problem("limits.max_percent".into(), message);
+        }
+        if self.sweep.orphans == OrphanMode::Act && !self.scenarios.contains_key("orphan") {
+            problem(
+                "sweep.orphans".into(),
+                "is \"act\", but the policy has no [scenarios.orphan] to act with; add one or use \"report\"".into(),
+            );
+        }
         if !(1..=50).contains(&self.retry.max_attempts) {
             problem(
                 "retry.max_attempts".into(),
@@ -584,6 +656,27 @@ impl Policy {
             .0
     }
 
+    /// The brake's limits on `system`: the most accounts one trigger may act on, and the
+    /// most as a percentage of the system's listed accounts; each names the policy key it
+    /// comes from.
+    pub fn brake_limits(&self, system: &str) -> BrakeLimits {
+        let config = self.systems.get(system);
+        let (max_accounts, accounts_key) = match config.and_then(|c| c.max_accounts) {
+            Some(max) => (max, format!("systems.{system}.max_accounts")),
+            None => (self.limits.max_accounts, "limits.max_accounts".to_string()),
+        };
+        let (max_percent, percent_key) = match config.and_then(|c| c.max_percent) {
+            Some(max) => (max, format!("systems.{system}.max_percent")),
+            None => (self.limits.max_percent, "limits.max_percent".to_string()),
+        };
+        BrakeLimits {
+            max_accounts,
+            accounts_key,
+            max_percent,
+            percent_key,
+        }
+    }
+
     /// The entitlement names `roles` grant on `system`.
     pub fn entitlements_of(&self, roles: &[String], system: &str) -> Vec<String> {
         let mut names: Vec<String> = roles
@@ -597,6 +690,20 @@ impl Policy {
         names.dedup();
         names
     }
+}
+
+/// The brake's limits on one system, with the policy keys they come from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BrakeLimits {
+    pub max_accounts: u32,
+    pub accounts_key: String,
+    pub max_percent: f64,
+    pub percent_key: String,
+}
+
+fn percent_problem(percent: f64) -> Option<String> {
+    (!(percent > 0.0 && percent <= 100.0))
+        .then(|| format!("is {percent}; use a percentage above 0 and at most 100 (e.g. 10)"))
 }
 
 fn check_unique_stages(stages: &[StageKind], path: &str, problem: &mut impl FnMut(String, String)) {
@@ -765,6 +872,80 @@ reason = "service accounts"
         );
         let err = Policy::parse(&(SAMPLE.to_string() + "\n[sweep]\nmax_runs = 5\n")).unwrap_err();
         assert!(err.to_string().contains("max_runs"), "{err}");
+    }
+
+    #[test]
+    fn brake_limits_default_and_a_system_may_set_its_own() {
+        let policy = Policy::parse(SAMPLE).unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(
+            (policy.limits.max_accounts, policy.limits.max_percent),
+            (50, 10.0)
+        );
+        assert_eq!(policy.sweep.orphans, OrphanMode::Report);
+        let crm = policy.brake_limits("crm");
+        assert_eq!(
+            (crm.max_accounts, crm.accounts_key.as_str()),
+            (50, "limits.max_accounts")
+        );
+        let text = SAMPLE.replace(
+            "concurrency = 8",
+            "concurrency = 8\nmax_accounts = 5\nmax_percent = 2.5",
+        )
+            + "\n[limits]\nmax_accounts = 20\nmax_percent = 30\n[sweep]\norphans = \"off\"\n";
+        let policy = Policy::parse(&text).unwrap_or_else(|err| panic!("{err}"));
+        let crm = policy.brake_limits("crm");
+        assert_eq!(
+            (
+                crm.max_accounts,
+                crm.accounts_key.as_str(),
+                crm.max_percent,
+                crm.percent_key.as_str()
+            ),
+            (
+                5,
+                "systems.crm.max_accounts",
+                2.5,
+                "systems.crm.max_percent"
+            )
+        );
+        assert_eq!(policy.brake_limits("other").max_percent, 30.0);
+        assert_eq!(policy.sweep.orphans, OrphanMode::Off);
+    }
+
+    #[test]
+    fn brake_and_orphan_problems_name_key_and_line() {
+        let text = SAMPLE.replace(
+            "concurrency = 8",
+            "concurrency = 8\nmax_accounts = 0\nmax_percent = 0",
+        ) + "\n[limits]\nmax_percent = 150\n[sweep]\norphans = \"act\"\n";
+        let rendered = Policy::parse(&text).unwrap_err().to_string();
+        assert!(
+            rendered.contains("line 8, systems.crm.max_accounts: must be at least 1"),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains(
+                "line 9, systems.crm.max_percent: is 0; use a percentage above 0 and at most 100"
+            ),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains("limits.max_percent: is 150"),
+            "{rendered}"
+        );
+        assert!(
+            rendered
+                .contains("sweep.orphans: is \"act\", but the policy has no [scenarios.orphan]"),
+            "{rendered}"
+        );
+        let err =
+            Policy::parse(&(SAMPLE.to_string() + "\n[sweep]\norphans = \"yes\"\n")).unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "line 22, policy: unknown variant `yes`, expected one of `off`, `report`, `act`"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

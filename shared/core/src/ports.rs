@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditEntry, AuditRecord, ChainHead};
 use crate::error::ErrorKind;
+use crate::people::PersonRecord;
 use crate::plan::{Plan, Task};
+use crate::quarantine::{Decision, Quarantine, QuarantineStatus};
 use crate::task::TaskOutcome;
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +161,52 @@ pub trait RunStore: Send + Sync {
     /// Records a task's completion if it is the first; returns the completion that won.
     async fn complete_task(&self, outcome: &TaskOutcome) -> Result<TaskOutcome, StoreError>;
     async fn task_outcomes(&self, run_id: &str) -> Result<Vec<TaskOutcome>, StoreError>;
+
+    /// Records a person as an HR event described them (`PERSON#<id>`), unless the stored
+    /// record reflects a later effective time.
+    async fn record_person(&self, _person: &PersonRecord) -> Result<(), StoreError> {
+        Err(not_kept("people"))
+    }
+    /// Every person known from HR events.
+    async fn people(&self) -> Result<Vec<PersonRecord>, StoreError> {
+        Err(not_kept("people"))
+    }
+    /// Stores a new quarantine (`QUARANTINE#<id>`); when one with its id exists already,
+    /// returns the stored one unchanged.
+    async fn put_quarantine(&self, _quarantine: &Quarantine) -> Result<Quarantine, StoreError> {
+        Err(not_kept("quarantines"))
+    }
+    async fn get_quarantine(&self, _id: &str) -> Result<Option<Quarantine>, StoreError> {
+        Err(not_kept("quarantines"))
+    }
+    /// Every quarantine, oldest first.
+    async fn quarantines(&self) -> Result<Vec<Quarantine>, StoreError> {
+        Err(not_kept("quarantines"))
+    }
+    /// Approves or denies a pending quarantine; the first decision wins.
+    async fn decide_quarantine(
+        &self,
+        _id: &str,
+        _status: QuarantineStatus,
+        _decision: &Decision,
+    ) -> Result<Decided, StoreError> {
+        Err(not_kept("quarantines"))
+    }
+}
+
+/// What deciding a quarantine came to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decided {
+    /// This decision was recorded.
+    Now(Box<Quarantine>),
+    /// It had been decided before; this is the decision that stands.
+    Before(Box<Quarantine>),
+    /// No quarantine has this id.
+    Unknown,
+}
+
+fn not_kept(what: &str) -> StoreError {
+    StoreError::Backend(format!("this run store does not keep {what}"))
 }
 
 #[async_trait]

@@ -9,12 +9,14 @@ use chrono::{DateTime, Utc};
 
 use crate::audit::{AuditEntry, AuditRecord, ChainHead};
 use crate::event::LifecycleEvent;
+use crate::people::PersonRecord;
 use crate::plan::Task;
 use crate::policy::Policy;
 use crate::ports::{
-    Clock, EventClaim, RunRecord, RunStore, Secret, SecretError, SecretSource, StoreError,
+    Clock, Decided, EventClaim, RunRecord, RunStore, Secret, SecretError, SecretSource, StoreError,
     TaskStart,
 };
+use crate::quarantine::{Decision, Quarantine, QuarantineStatus};
 use crate::task::TaskOutcome;
 
 /// A termination of `E1001` (ada@example.com), effective 2026-11-25 17:00 +01:00.
@@ -67,6 +69,8 @@ struct Tables {
     started: HashMap<String, u32>,
     outcomes: BTreeMap<String, TaskOutcome>,
     audit: BTreeMap<String, Vec<AuditRecord>>,
+    people: BTreeMap<String, PersonRecord>,
+    quarantines: BTreeMap<String, Quarantine>,
 }
 
 /// `RunStore` and `AuditLog` in memory, with the same first-wins and idempotent-append
@@ -181,6 +185,60 @@ impl RunStore for MemoryStore {
             .filter(|outcome| outcome.task.run_id == run_id)
             .cloned()
             .collect())
+    }
+
+    async fn record_person(&self, person: &PersonRecord) -> Result<(), StoreError> {
+        let mut tables = self.tables()?;
+        match tables.people.get(&person.person_id) {
+            Some(stored) if stored.as_of > person.as_of => {}
+            _ => {
+                tables
+                    .people
+                    .insert(person.person_id.clone(), person.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn people(&self) -> Result<Vec<PersonRecord>, StoreError> {
+        Ok(self.tables()?.people.values().cloned().collect())
+    }
+
+    async fn put_quarantine(&self, quarantine: &Quarantine) -> Result<Quarantine, StoreError> {
+        Ok(self
+            .tables()?
+            .quarantines
+            .entry(quarantine.quarantine_id.clone())
+            .or_insert_with(|| quarantine.clone())
+            .clone())
+    }
+
+    async fn get_quarantine(&self, id: &str) -> Result<Option<Quarantine>, StoreError> {
+        Ok(self.tables()?.quarantines.get(id).cloned())
+    }
+
+    async fn quarantines(&self) -> Result<Vec<Quarantine>, StoreError> {
+        let mut all: Vec<Quarantine> = self.tables()?.quarantines.values().cloned().collect();
+        all.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        Ok(all)
+    }
+
+    async fn decide_quarantine(
+        &self,
+        id: &str,
+        status: QuarantineStatus,
+        decision: &Decision,
+    ) -> Result<Decided, StoreError> {
+        let mut tables = self.tables()?;
+        let Some(stored) = tables.quarantines.get_mut(id) else {
+            return Ok(Decided::Unknown);
+        };
+        if stored.status != QuarantineStatus::Pending {
+            return Ok(Decided::Before(Box::new(stored.clone())));
+        }
+        stored.status = status;
+        stored.decision = Some(decision.clone());
+        Ok(Decided::Now(Box::new(stored.clone())))
     }
 }
 

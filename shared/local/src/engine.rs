@@ -246,6 +246,10 @@ impl Engine {
                 return Ok(report);
             }
         }
+        // The person as HR describes them now (`PERSON#`): orphan detection's reference.
+        if let Some(person) = deprov_core::people::PersonRecord::from_event(event) {
+            inner.store.record_person(&person).await?;
+        }
         let plan = if event.kind.stops_pending_runs() {
             let stopped = inner.stop_runs(event, &run_id).await?;
             inner.restore_plan(event, &stopped).await?

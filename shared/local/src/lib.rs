@@ -3,9 +3,11 @@
 //! pools and an orchestrator that follows the state machine.
 
 pub mod engine;
+mod people_store;
 pub mod queue;
 pub mod secrets;
 pub mod store;
+pub mod sweep;
 
 pub use deprov_connectors::discover;
 pub use engine::{Engine, EngineError, EngineOptions, Progress, RunReport};

@@ -10,10 +10,12 @@ use std::sync::mpsc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deprov_core::audit::{AuditEntry, AuditRecord, Body, ChainHead, SealedEntry};
+use deprov_core::people::PersonRecord;
 use deprov_core::plan::Task;
 use deprov_core::ports::{
-    AuditLog, EventClaim, RunRecord, RunStatus, RunStore, StoreError, TaskStart,
+    AuditLog, Decided, EventClaim, RunRecord, RunStatus, RunStore, StoreError, TaskStart,
 };
+use deprov_core::quarantine::{Decision, Quarantine, QuarantineStatus};
 use deprov_core::task::TaskOutcome;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::oneshot;
@@ -73,6 +75,9 @@ enum Command {
     BySubject(String, Reply<Vec<AuditRecord>>),
     PutPolicy(String, String, Reply<()>),
     GetPolicy(String, Reply<Option<String>>),
+    /// A command defined in another module (`people_store`): runs in the group's
+    /// transaction and answers once the group is committed.
+    Call(Box<dyn FnOnce(&Transaction<'_>) -> Answer + Send>),
 }
 
 /// Handle to the store; cheap to clone, all clones share the writer thread.
@@ -82,11 +87,11 @@ pub struct SqliteStore {
     commands: mpsc::Sender<Command>,
 }
 
-fn backend(err: impl std::fmt::Display) -> StoreError {
+pub(crate) fn backend(err: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(err.to_string())
 }
 
-fn corrupt(what: &str, err: impl std::fmt::Display) -> StoreError {
+pub(crate) fn corrupt(what: &str, err: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {err}"))
 }
 
@@ -105,6 +110,7 @@ impl SqliteStore {
                  PRAGMA wal_autocheckpoint = 8192;",
             )
             .and_then(|()| connection.execute_batch(SCHEMA))
+            .and_then(|()| connection.execute_batch(crate::people_store::SCHEMA))
             .map_err(|err| backend(format!("cannot prepare {}: {err}", path.display())))?;
         let (commands, receiver) = mpsc::channel();
         std::thread::Builder::new()
@@ -134,6 +140,19 @@ impl SqliteStore {
     pub async fn policy(&self, version: &str) -> Result<Option<String>, StoreError> {
         let version = version.to_string();
         self.ask(|reply| Command::GetPolicy(version, reply)).await
+    }
+
+    /// Runs `body` on the writer thread, in a savepoint of the next group's transaction.
+    pub(crate) async fn call<T: Send + 'static>(
+        &self,
+        body: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.ask(|reply| {
+            Command::Call(Box::new(move |transaction: &Transaction<'_>| {
+                answer(reply, guarded(transaction, body))
+            }))
+        })
+        .await
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
@@ -196,6 +215,35 @@ impl Writer {
     }
 }
 
+/// Answers a command with `result` once its group is committed, or with the commit's error.
+fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, StoreError>) -> Answer {
+    Box::new(move |failure: Option<&str>| {
+        let result = match failure {
+            Some(err) => Err(backend(format!("commit failed: {err}"))),
+            None => result,
+        };
+        let _ = reply.send(result);
+    })
+}
+
+/// Runs `body` in a savepoint, so a failing command does not undo the others of its group.
+fn guarded<T>(
+    transaction: &Transaction<'_>,
+    body: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    transaction
+        .execute_batch("SAVEPOINT command")
+        .map_err(backend)?;
+    let result = body(transaction);
+    let end = if result.is_ok() {
+        "RELEASE command"
+    } else {
+        "ROLLBACK TO command; RELEASE command"
+    };
+    transaction.execute_batch(end).map_err(backend)?;
+    result
+}
+
 /// Executes one command inside the group's transaction (in a savepoint, so one failing
 /// command does not undo the others) and returns how to answer it once the group is
 /// committed (or failed).
@@ -204,31 +252,6 @@ fn execute(
     heads: &mut HashMap<String, ChainHead>,
     command: Command,
 ) -> Answer {
-    fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, StoreError>) -> Answer {
-        Box::new(move |failure: Option<&str>| {
-            let result = match failure {
-                Some(err) => Err(backend(format!("commit failed: {err}"))),
-                None => result,
-            };
-            let _ = reply.send(result);
-        })
-    }
-    fn guarded<T>(
-        transaction: &Transaction<'_>,
-        body: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        transaction
-            .execute_batch("SAVEPOINT command")
-            .map_err(backend)?;
-        let result = body(transaction);
-        let end = if result.is_ok() {
-            "RELEASE command"
-        } else {
-            "ROLLBACK TO command; RELEASE command"
-        };
-        transaction.execute_batch(end).map_err(backend)?;
-        result
-    }
     match command {
         Command::ClaimEvent(source, event_id, run_id, reply) => answer(
             reply,
@@ -298,6 +321,7 @@ fn execute(
             guarded(transaction, |tx| put_policy(tx, &version, &document)),
         ),
         Command::GetPolicy(version, reply) => answer(reply, get_policy(transaction, &version)),
+        Command::Call(call) => call(transaction),
     }
 }
 
@@ -800,6 +824,35 @@ impl RunStore for SqliteStore {
     async fn task_outcomes(&self, run_id: &str) -> Result<Vec<TaskOutcome>, StoreError> {
         let run_id = run_id.to_string();
         self.ask(|reply| Command::TaskOutcomes(run_id, reply)).await
+    }
+
+    async fn record_person(&self, person: &PersonRecord) -> Result<(), StoreError> {
+        crate::people_store::record_person(self, person).await
+    }
+
+    async fn people(&self) -> Result<Vec<PersonRecord>, StoreError> {
+        crate::people_store::people(self).await
+    }
+
+    async fn put_quarantine(&self, quarantine: &Quarantine) -> Result<Quarantine, StoreError> {
+        crate::people_store::put_quarantine(self, quarantine).await
+    }
+
+    async fn get_quarantine(&self, id: &str) -> Result<Option<Quarantine>, StoreError> {
+        crate::people_store::get_quarantine(self, id).await
+    }
+
+    async fn quarantines(&self) -> Result<Vec<Quarantine>, StoreError> {
+        crate::people_store::quarantines(self).await
+    }
+
+    async fn decide_quarantine(
+        &self,
+        id: &str,
+        status: QuarantineStatus,
+        decision: &Decision,
+    ) -> Result<Decided, StoreError> {
+        crate::people_store::decide_quarantine(self, id, status, decision).await
     }
 }
 
