@@ -45,9 +45,10 @@ enum Command {
     /// Find inactive and orphan accounts on every policy system; start their runs, or
     /// quarantine them all when the brake's limits are exceeded.
     Sweep(sweep::SweepArgs),
-    /// Release a quarantine: record who and why, then start its runs.
+    /// Release a quarantine, or approve a run held for approval: record who and why, then
+    /// run it.
     Approve(sweep::DecideArgs),
-    /// Refuse a quarantine: record who and why; its runs never start.
+    /// Refuse a quarantine or a run held for approval: record who and why; nothing runs.
     Deny(sweep::DecideArgs),
     /// List quarantines and their decisions.
     Quarantines(sweep::QuarantinesArgs),
