@@ -7,6 +7,7 @@ mod failure;
 mod output;
 mod policy_check;
 mod run;
+mod serve;
 mod setup;
 
 use std::path::PathBuf;
@@ -41,6 +42,11 @@ enum Command {
     Plan(run::PlanArgs),
     /// Run delayed stages that are due and finish interrupted runs.
     Resume(run::ResumeArgs),
+    /// Serve the intake (HR webhooks) on 127.0.0.1, run what arrives, start future-dated
+    /// runs when due.
+    Serve(serve::ServeArgs),
+    /// List future-dated runs: pending, started, or removed (moved or cancelled) and why.
+    Schedules(serve::SchedulesArgs),
     /// Check and read the audit trail.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -99,6 +105,8 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(args).await,
             Command::Plan(args) => run::plan(args).await,
             Command::Resume(args) => run::resume(args).await,
+            Command::Serve(args) => serve::serve(args).await,
+            Command::Schedules(args) => serve::schedules(args).await,
             Command::Audit(command) => audit::audit(command).await,
             Command::Policy(PolicyCommand::Check(args)) => policy_check::check(&args.file),
             Command::Bench(command) => bench::bench(command).await,

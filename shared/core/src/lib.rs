@@ -12,6 +12,7 @@ pub mod error;
 pub mod event;
 pub mod flow;
 pub mod ids;
+pub mod intake;
 pub mod journal;
 pub mod launch;
 pub mod plan;

@@ -4,11 +4,13 @@
 
 pub mod engine;
 pub mod queue;
+pub mod schedules;
 pub mod secrets;
 pub mod store;
 
 pub use deprov_connectors::discover;
 pub use engine::{Engine, EngineError, EngineOptions, Progress, RunReport};
 pub use queue::LocalQueue;
+pub use schedules::SqliteSchedules;
 pub use secrets::LocalSecrets;
 pub use store::SqliteStore;
