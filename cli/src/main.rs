@@ -7,6 +7,7 @@ mod failure;
 mod output;
 mod policy_check;
 mod run;
+mod serve;
 mod setup;
 mod sweep;
 
@@ -52,6 +53,11 @@ enum Command {
     Deny(sweep::DecideArgs),
     /// List quarantines and their decisions.
     Quarantines(sweep::QuarantinesArgs),
+    /// Serve the intake (HR webhooks) on 127.0.0.1, run what arrives, start future-dated
+    /// runs when due.
+    Serve(serve::ServeArgs),
+    /// List future-dated runs: pending, started, or removed (moved or cancelled) and why.
+    Schedules(serve::SchedulesArgs),
     /// Check and read the audit trail.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -114,6 +120,8 @@ fn main() -> ExitCode {
             Command::Approve(args) => sweep::approve(args).await,
             Command::Deny(args) => sweep::deny(args).await,
             Command::Quarantines(args) => sweep::list(args).await,
+            Command::Serve(args) => serve::serve(args).await,
+            Command::Schedules(args) => serve::schedules(args).await,
             Command::Audit(command) => audit::audit(command).await,
             Command::Policy(PolicyCommand::Check(args)) => policy_check::check(&args.file),
             Command::Bench(command) => bench::bench(command).await,

@@ -270,3 +270,20 @@ fn held_runs<'q>(
             entry
         })
 }
+
+/// A future-dated run's schedule was removed before it started: moved to a newer date by
+/// another run, or cancelled by a rehire or cancel. The run never ran; this is its trail.
+pub fn schedule_removed(
+    run_id: &str,
+    subject: &str,
+    start_at: chrono::DateTime<chrono::FixedOffset>,
+    reason: &str,
+) -> AuditEntry {
+    run_entry(
+        run_id,
+        subject,
+        "schedule:removed".into(),
+        AuditKind::RunCancelled,
+        json!({"schedule": "removed", "start_at": start_at, "reason": reason}),
+    )
+}
