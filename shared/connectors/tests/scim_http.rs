@@ -422,7 +422,8 @@ async fn actions_scim_cannot_do_are_unsupported() {
         &[
             StageKind::Disable,
             StageKind::Entitlements,
-            StageKind::Delete
+            StageKind::Delete,
+            StageKind::Restore
         ]
     );
 }
