@@ -152,19 +152,7 @@ pub async fn approve(args: DecideArgs) -> Result<u8, Failure> {
         return decide_run(&args, true).await;
     }
     let (store, quarantine) = decide(&args, QuarantineStatus::Approved).await?;
-    let policy = match &args.policy {
-        Some(path) => setup::parse_policy(path, &setup::read(path, "policy")?)
-            .map_err(|invalid| Failure::invalid(invalid.to_string()))?,
-        None => {
-            let version = &quarantine.policy_version;
-            let text = store.policy(version).await?.ok_or_else(|| {
-                Failure::invalid(format!(
-                    "policy version \"{version}\" is not recorded in this database; pass --policy FILE"
-                ))
-            })?;
-            Policy::parse(&text).map_err(|invalid| Failure::invalid(invalid.to_string()))?
-        }
-    };
+    let policy = decision_policy(&args, &store, &quarantine.policy_version).await?;
     let connectors = setup::connectors(&policy, setup::secrets(args.secrets.as_deref())?)?;
     let (engine, printer) = engine_for(policy, connectors, &store, false);
     let reports = local_sweep::release(&engine, &quarantine).await;
@@ -237,6 +225,24 @@ pub async fn list(args: QuarantinesArgs) -> Result<u8, Failure> {
 }
 
 /// Records the decision (audited) and returns the quarantine as decided.
+/// The policy a decision runs under: `--policy`, else the recorded `version`.
+async fn decision_policy(
+    args: &DecideArgs,
+    store: &SqliteStore,
+    version: &str,
+) -> Result<Policy, Failure> {
+    if let Some(path) = &args.policy {
+        return setup::parse_policy(path, &setup::read(path, "policy")?)
+            .map_err(|invalid| Failure::invalid(invalid.to_string()));
+    }
+    let text = store.policy(version).await?.ok_or_else(|| {
+        Failure::invalid(format!(
+            "policy version \"{version}\" is not recorded in this database; pass --policy FILE"
+        ))
+    })?;
+    Policy::parse(&text).map_err(|invalid| Failure::invalid(invalid.to_string()))
+}
+
 fn is_run_id(id: &str) -> bool {
     id.trim().starts_with("r-")
 }
@@ -257,19 +263,7 @@ async fn decide_run(args: &DecideArgs, approved: bool) -> Result<u8, Failure> {
         .get_run(run_id)
         .await?
         .ok_or_else(|| Failure::invalid(format!("no run \"{run_id}\" in {}", db.display())))?;
-    let policy = match &args.policy {
-        Some(path) => setup::parse_policy(path, &setup::read(path, "policy")?)
-            .map_err(|invalid| Failure::invalid(invalid.to_string()))?,
-        None => {
-            let version = &run.plan.policy_version;
-            let text = store.policy(version).await?.ok_or_else(|| {
-                Failure::invalid(format!(
-                    "policy version \"{version}\" is not recorded in this database; pass --policy FILE"
-                ))
-            })?;
-            Policy::parse(&text).map_err(|invalid| Failure::invalid(invalid.to_string()))?
-        }
-    };
+    let policy = decision_policy(args, &store, &run.plan.policy_version).await?;
     let connectors = setup::connectors(&policy, setup::secrets(args.secrets.as_deref())?)?;
     let (engine, printer) = engine_for(policy, connectors, &store, false);
     let report = engine

@@ -9,21 +9,9 @@ use std::time::{Duration, Instant};
 
 use deprov_demo::ScimProvider;
 use deprov_tests::Scim2Server;
+use deprov_tests::{deprov_binary, output_text};
 use rusqlite::Connection;
 use serde_json::json;
-
-/// The `deprov` binary next to this test's executable (`cargo test --workspace` builds it).
-fn deprov_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let binary = dir.join("deprov");
-    assert!(
-        binary.exists(),
-        "{} is missing: run `cargo build -p deprov` (tests/run.sh does)",
-        binary.display()
-    );
-    binary
-}
 
 struct Workspace {
     dir: tempfile::TempDir,
@@ -82,11 +70,7 @@ fn path_str(path: &Path) -> &str {
 }
 
 fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    output_text(output)
 }
 
 fn examples() -> PathBuf {

@@ -4,36 +4,20 @@
 //! audit trail verifies, and a second delivery of the same event starts nothing.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
 use deprov_tests::postgres::Postgres;
 use deprov_tests::slapd::Slapd;
+use deprov_tests::{deprov_binary, output_text};
 use serde_json::json;
 
 const ADA_LDAP_PASSWORD: &str = "ada-ldap-Secret-1";
 const ADA_PG_PASSWORD: &str = "ada-pg-Secret-1";
 
-/// The `deprov` binary next to this test's executable (`cargo test --workspace` builds it).
-fn deprov_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let binary = dir.join("deprov");
-    assert!(
-        binary.exists(),
-        "{} is missing: run `cargo build -p deprov` (tests/run.sh does)",
-        binary.display()
-    );
-    binary
-}
-
 fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    output_text(output)
 }
 
 fn policy(slapd: &Slapd, pg: &Postgres) -> String {
