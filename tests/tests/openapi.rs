@@ -17,6 +17,7 @@ use deprov_core::ports::{Secret, SecretError, SecretSource};
 use deprov_core::signature;
 use deprov_core::testing::{ManualClock, MemorySecrets, MemoryStore};
 use deprov_core::LifecycleEvent;
+use deprov_tests::deprov_binary;
 use deprov_tests::free_port;
 use http::{HeaderMap, Method};
 use serde_json::{json, Value};
@@ -550,18 +551,6 @@ async fn every_documented_status_is_what_the_handler_answers_for_its_case() {
 }
 
 // ----- schemathesis against deprov serve ----------------------------------------------------
-
-fn deprov_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let binary = dir.join("deprov");
-    assert!(
-        binary.exists(),
-        "{} is missing: run `cargo build -p deprov` (tests/run.sh does)",
-        binary.display()
-    );
-    binary
-}
 
 fn schemathesis() -> PathBuf {
     if let Ok(path) = std::env::var("DEPROV_SCHEMATHESIS") {

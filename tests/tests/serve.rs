@@ -7,29 +7,18 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{FixedOffset, Utc};
 use deprov_core::signature;
+use deprov_tests::deprov_binary;
 use deprov_tests::{free_port, Scim2Server};
 use rusqlite::Connection;
 use serde_json::{json, Value};
 
 const KEY: &str = "serve-test-webhook-key";
-
-fn deprov_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let binary = dir.join("deprov");
-    assert!(
-        binary.exists(),
-        "{} is missing: run `cargo build -p deprov` (tests/run.sh does)",
-        binary.display()
-    );
-    binary
-}
 
 /// A running `deprov serve`; killed when dropped (a test that failed midway).
 struct Serve {
