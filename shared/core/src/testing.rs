@@ -219,7 +219,7 @@ impl RunStore for MemoryStore {
 
     async fn quarantines(&self) -> Result<Vec<Quarantine>, StoreError> {
         let mut all: Vec<Quarantine> = self.tables()?.quarantines.values().cloned().collect();
-        all.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        all.sort_by_key(|q| q.created_at);
         Ok(all)
     }
 

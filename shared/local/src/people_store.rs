@@ -187,7 +187,7 @@ mod tests {
         earlier.as_of -= chrono::Duration::days(30);
         earlier.inactive_from = None;
         store.record_person(&earlier).await.expect("record");
-        assert_eq!(store.people().await.expect("people"), [left.clone()]);
+        assert_eq!(store.people().await.expect("people"), [left]);
 
         let quarantine = Quarantine::new(
             Trigger::Sweep,
