@@ -19,12 +19,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 venv="${DEPROV_VENV:-$HOME/.cache/deprov-venv}"
-# Python tools the tests start: a real SCIM 2.0 server, the AWS emulator, and cargo lambda
-# (its Runtime API serves the function binaries moto's Lambda calls reach).
-python_tools=("scim2-server==0.8.3" "moto[server]==5.1.22" "cargo-lambda==1.9.2")
+# Python tools the tests start: a real SCIM 2.0 server, the AWS emulator, cargo lambda
+# (its Runtime API serves the function binaries moto's Lambda calls reach), and
+# schemathesis (fuzzes `deprov serve` from infra/openapi.yaml).
+python_tools=("scim2-server==0.8.3" "moto[server]==5.1.22" "cargo-lambda==1.9.2" "schemathesis==4.32.5")
 if ! "$venv/bin/pip" freeze 2>/dev/null | grep -qx "scim2-server==0.8.3" \
    || ! "$venv/bin/pip" freeze 2>/dev/null | grep -qx "moto==5.1.22" \
    || ! "$venv/bin/pip" freeze 2>/dev/null | grep -qx "cargo-lambda==1.9.2" \
+   || ! "$venv/bin/pip" freeze 2>/dev/null | grep -qx "schemathesis==4.32.5" \
    || ! "$venv/bin/python" -c "import flask, flask_cors" 2>/dev/null; then
   echo "== installing ${python_tools[*]} into $venv"
   python3 -m venv "$venv"
@@ -34,12 +36,15 @@ export DEPROV_SCIM2_SERVER="$venv/bin/scim2-server"
 export DEPROV_MOTO_SERVER="$venv/bin/moto_server"
 export DEPROV_CARGO_LAMBDA="$venv/bin/cargo-lambda"
 export DEPROV_VENV_PYTHON="$venv/bin/python"
+export DEPROV_SCHEMATHESIS="$venv/bin/schemathesis"
 
 echo "== infrastructure checks (template, state machine)"
 bash tests/infra.sh
 
 # A target directory outside the clone, reused between runs.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/deprov-target}"
+# Incremental artifacts only grow the reused target directory; CI builds every clone once.
+export CARGO_INCREMENTAL=0
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -7,6 +7,7 @@ mod failure;
 mod output;
 mod policy_check;
 mod run;
+mod serve;
 mod setup;
 mod sweep;
 
@@ -45,12 +46,18 @@ enum Command {
     /// Find inactive and orphan accounts on every policy system; start their runs, or
     /// quarantine them all when the brake's limits are exceeded.
     Sweep(sweep::SweepArgs),
-    /// Release a quarantine: record who and why, then start its runs.
+    /// Release a quarantine, or approve a run held for approval: record who and why, then
+    /// run it.
     Approve(sweep::DecideArgs),
-    /// Refuse a quarantine: record who and why; its runs never start.
+    /// Refuse a quarantine or a run held for approval: record who and why; nothing runs.
     Deny(sweep::DecideArgs),
     /// List quarantines and their decisions.
     Quarantines(sweep::QuarantinesArgs),
+    /// Serve the intake (HR webhooks) on 127.0.0.1, run what arrives, start future-dated
+    /// runs when due.
+    Serve(serve::ServeArgs),
+    /// List future-dated runs: pending, started, or removed (moved or cancelled) and why.
+    Schedules(serve::SchedulesArgs),
     /// Check and read the audit trail.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -113,6 +120,8 @@ fn main() -> ExitCode {
             Command::Approve(args) => sweep::approve(args).await,
             Command::Deny(args) => sweep::deny(args).await,
             Command::Quarantines(args) => sweep::list(args).await,
+            Command::Serve(args) => serve::serve(args).await,
+            Command::Schedules(args) => serve::schedules(args).await,
             Command::Audit(command) => audit::audit(command).await,
             Command::Policy(PolicyCommand::Check(args)) => policy_check::check(&args.file),
             Command::Bench(command) => bench::bench(command).await,

@@ -334,6 +334,20 @@ pub fn summarize(report: &RunReport) -> u8 {
         }
         RunStatus::Cancelled => println!("Run {} was cancelled before its remaining stages.", report.run_id),
         RunStatus::Running => println!("Run {} is still running.", report.run_id),
+        RunStatus::AwaitingApproval => println!(
+            "Run {} waits for approval ({}) until {}; nothing was changed. `deprov approve {} --by NAME --reason TEXT` runs it, `deprov deny …` cancels it; without a decision it escalates then.",
+            report.run_id,
+            report
+                .plan
+                .as_ref()
+                .map(|plan| plan.approval.join("; "))
+                .unwrap_or_default(),
+            report
+                .wake_at
+                .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default(),
+            report.run_id
+        ),
     }
     summarize_code(report)
 }

@@ -46,7 +46,8 @@ pub struct SweepArgs {
 
 #[derive(Args)]
 pub struct DecideArgs {
-    /// The quarantine's id (`q-…`), as the sweep's alert printed it.
+    /// The quarantine's id (`q-…`, as the sweep's alert printed it), or the id of a run
+    /// awaiting approval (`r-…`, as `deprov run` printed it).
     quarantine_id: String,
     /// Who decides (an email or a user name); recorded in the audit trail.
     #[arg(long)]
@@ -147,6 +148,9 @@ pub async fn sweep(args: SweepArgs) -> Result<u8, Failure> {
 }
 
 pub async fn approve(args: DecideArgs) -> Result<u8, Failure> {
+    if is_run_id(&args.quarantine_id) {
+        return decide_run(&args, true).await;
+    }
     let (store, quarantine) = decide(&args, QuarantineStatus::Approved).await?;
     let policy = match &args.policy {
         Some(path) => setup::parse_policy(path, &setup::read(path, "policy")?)
@@ -175,6 +179,9 @@ pub async fn approve(args: DecideArgs) -> Result<u8, Failure> {
 }
 
 pub async fn deny(args: DecideArgs) -> Result<u8, Failure> {
+    if is_run_id(&args.quarantine_id) {
+        return decide_run(&args, false).await;
+    }
     let (_, quarantine) = decide(&args, QuarantineStatus::Denied).await?;
     println!(
         "Denied quarantine {}: its {} run(s) will never start.",
@@ -230,6 +237,60 @@ pub async fn list(args: QuarantinesArgs) -> Result<u8, Failure> {
 }
 
 /// Records the decision (audited) and returns the quarantine as decided.
+fn is_run_id(id: &str) -> bool {
+    id.trim().starts_with("r-")
+}
+
+/// A run held for approval (`approval = true` in the policy): approved, it runs now under
+/// the policy version it was planned with (or `--policy`); denied, its tasks are cancelled.
+async fn decide_run(args: &DecideArgs, approved: bool) -> Result<u8, Failure> {
+    let db = setup::db_path(args.db.clone());
+    if !db.exists() {
+        return Err(Failure::invalid(format!(
+            "{} does not exist; pass the --db the run used",
+            db.display()
+        )));
+    }
+    let store = setup::open_store(&db)?;
+    let run_id = args.quarantine_id.trim();
+    let run = store
+        .get_run(run_id)
+        .await?
+        .ok_or_else(|| Failure::invalid(format!("no run \"{run_id}\" in {}", db.display())))?;
+    let policy = match &args.policy {
+        Some(path) => setup::parse_policy(path, &setup::read(path, "policy")?)
+            .map_err(|invalid| Failure::invalid(invalid.to_string()))?,
+        None => {
+            let version = &run.plan.policy_version;
+            let text = store.policy(version).await?.ok_or_else(|| {
+                Failure::invalid(format!(
+                    "policy version \"{version}\" is not recorded in this database; pass --policy FILE"
+                ))
+            })?;
+            Policy::parse(&text).map_err(|invalid| Failure::invalid(invalid.to_string()))?
+        }
+    };
+    let connectors = setup::connectors(&policy, setup::secrets(args.secrets.as_deref())?)?;
+    let (engine, printer) = engine_for(policy, connectors, &store, false);
+    let report = engine
+        .decide(run_id, approved, &args.by, &args.reason)
+        .await
+        .map_err(|err| match err {
+            deprov_local::EngineError::Decision(message) => Failure::invalid(message),
+            other => other.into(),
+        });
+    finish(engine, printer).await;
+    let report = report?;
+    if !approved {
+        println!(
+            "Denied run {run_id}: its {} task(s) were cancelled; nothing was changed.",
+            report.outcomes.len()
+        );
+        return Ok(OK);
+    }
+    Ok(output::summarize(&report))
+}
+
 async fn decide(
     args: &DecideArgs,
     status: QuarantineStatus,

@@ -4,6 +4,7 @@
 
 pub mod aws;
 pub mod conformance;
+pub mod fault_proxy;
 pub mod postgres;
 pub mod slapd;
 pub mod vendors;

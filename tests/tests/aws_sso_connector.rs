@@ -20,6 +20,8 @@ use deprov_core::policy::Policy;
 use deprov_core::ports::SecretSource;
 use deprov_core::testing::MemorySecrets;
 use deprov_core::{Account, Applied, Connector, LifecycleEvent, PersonQuery};
+use deprov_tests::conformance::{check_all, ConformanceTarget};
+use deprov_tests::fault_proxy::{FaultProxy, Protocol};
 use serde_json::{json, Value};
 
 const SECRET: &str = "deprov/connector/sso";
@@ -42,6 +44,8 @@ for name in ["ReadOnly", "Admin"]:
     admin.provision_permission_set(InstanceArn=arn, PermissionSetArn=ps, TargetType="AWS_ACCOUNT", TargetId=account)
     admin.create_account_assignment(InstanceArn=arn, TargetId=account, TargetType="AWS_ACCOUNT", PermissionSetArn=ps, PrincipalType="USER", PrincipalId=uid)
     sets.append(ps)
+# An inline policy of the customer's own, which the deny statement must leave alone.
+admin.put_inline_policy_to_permission_set(InstanceArn=arn, PermissionSetArn=sets[0], InlinePolicy=json.dumps({"Version": "2012-10-17", "Statement": [{"Sid": "ReadLogs", "Effect": "Allow", "Action": "logs:Get*", "Resource": "*"}]}))
 # Another principal on the same set: must not be listed as the user's.
 admin.create_account_assignment(InstanceArn=arn, TargetId=account, TargetType="AWS_ACCOUNT", PermissionSetArn=sets[0], PrincipalType="GROUP", PrincipalId=gid)
 print(json.dumps({"instance_arn": arn, "identity_store_id": sid, "user_id": uid, "group_id": gid, "sets": sets, "account": account}))
@@ -110,6 +114,10 @@ fn seed(moto: &Moto, user: &str) -> Value {
 }
 
 fn connector(moto: &Moto, seeded: &Value) -> Arc<dyn Connector> {
+    connector_with(moto, seeded, false)
+}
+
+fn connector_with(moto: &Moto, seeded: &Value, deny_policy: bool) -> Arc<dyn Connector> {
     let config = serde_json::from_value(json!({
         "kind": "aws_sso",
         "secret": SECRET,
@@ -117,6 +125,7 @@ fn connector(moto: &Moto, seeded: &Value) -> Arc<dyn Connector> {
             "endpoint_url": moto.endpoint,
             "instance_arn": seeded["instance_arn"],
             "identity_store_id": seeded["identity_store_id"],
+            "deny_policy": deny_policy,
         },
     }))
     .unwrap_or_else(|err| panic!("{err}"));
@@ -310,4 +319,269 @@ async fn assignments_and_groups_are_removed_then_the_user_deleted() {
         .await
         .unwrap_or_else(|err| panic!("discover gone: {err}"));
     assert!(gone.is_empty(), "{gone:?}");
+}
+
+/// The inline policy of a permission set, read with boto3 (not through the connector).
+fn inline_policy(moto: &Moto, seeded: &Value, set: &str) -> Value {
+    let python = moto_server().with_file_name("python");
+    let code = r#"import json, sys, boto3
+admin = boto3.client("sso-admin", endpoint_url=sys.argv[1], region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+print(admin.get_inline_policy_for_permission_set(InstanceArn=sys.argv[2], PermissionSetArn=sys.argv[3])["InlinePolicy"] or "{}")
+"#;
+    let out = Command::new(python)
+        .args([
+            "-c",
+            code,
+            &moto.endpoint,
+            seeded["instance_arn"].as_str().unwrap_or_default(),
+            set,
+        ])
+        .output()
+        .unwrap_or_else(|err| panic!("read policy: {err}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|err| panic!("policy JSON: {err}"))
+}
+
+fn sids(policy: &Value) -> Vec<String> {
+    policy["Statement"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["Sid"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deny_policy_disables_every_session_and_a_restore_lifts_it() {
+    let moto = start().await;
+    let user = format!("grace-{}", std::process::id());
+    let seeded = seed(&moto, &user);
+    let plain = connector(&moto, &seeded);
+    assert!(!plain.supports().contains(&StageKind::Disable));
+    let connector = connector_with(&moto, &seeded, true);
+    assert!(connector.supports().contains(&StageKind::Disable));
+    assert!(connector.supports().contains(&StageKind::Restore));
+    let user_id = seeded["user_id"].as_str().unwrap_or_default().to_string();
+    let sets: Vec<String> = seeded["sets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect();
+    let task = |action: Action| Task {
+        task_id: format!("t-{}", action.as_str()),
+        run_id: "r-deny".into(),
+        system: "sso".into(),
+        action,
+        account: deprov_core::plan::AccountRef {
+            id: user_id.clone(),
+            username: user.clone(),
+        },
+        target: None,
+        person_id: format!("P-{user}"),
+    };
+
+    let disable = task(Action::Disable);
+    assert!(
+        !connector
+            .verify(&disable)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .verified
+    );
+    assert_eq!(
+        connector
+            .apply(&disable)
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        Applied::Changed
+    );
+    let evidence = connector
+        .verify(&disable)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(evidence.verified, "{:?}", evidence.observed);
+    assert!(evidence.observed["permission_sets"]
+        .as_array()
+        .is_some_and(|sets| sets.len() >= 2));
+    assert_eq!(
+        connector
+            .apply(&disable)
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        Applied::AlreadyDone
+    );
+    for set in &sets {
+        let policy = inline_policy(&moto, &seeded, set);
+        assert!(
+            sids(&policy).contains(&"DeprovDeniedUsers".to_string()),
+            "{policy}"
+        );
+        let denied = policy["Statement"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["Sid"] == "DeprovDeniedUsers")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(denied["Effect"], "Deny");
+        assert_eq!(
+            denied["Condition"]["StringEquals"]["identitystore:userId"],
+            json!([user_id])
+        );
+    }
+    assert!(sids(&inline_policy(&moto, &seeded, &sets[0])).contains(&"ReadLogs".to_string()));
+
+    // A rehire lifts it, and the customer's own statement is still there.
+    let enable = task(Action::Enable);
+    assert_eq!(
+        connector
+            .apply(&enable)
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        Applied::Changed
+    );
+    assert!(
+        connector
+            .verify(&enable)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .verified
+    );
+    assert_eq!(sids(&inline_policy(&moto, &seeded, &sets[0])), ["ReadLogs"]);
+    assert!(sids(&inline_policy(&moto, &seeded, &sets[1])).is_empty());
+
+    // Orphan sweeps see the identity store's users (no sign-in time is kept there).
+    let listed = connector
+        .list_accounts()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let found = listed
+        .iter()
+        .find(|a| a.id == user_id)
+        .unwrap_or_else(|| panic!("{user_id} not listed: {listed:?}"));
+    assert_eq!(found.username, user);
+    assert_eq!(
+        found.email.as_deref(),
+        Some(format!("{user}@example.com").as_str())
+    );
+    assert!(found.last_activity.is_none());
+}
+
+const GOOD_KEY_ID: &str = "AKIASSOCONFORMANCE01";
+const GOOD_SECRET: &str = "sso-conformance-secret-0123456789";
+const WRONG_KEY_ID: &str = "AKIASSOWRONGKEY00001";
+const WRONG_SECRET: &str = "sso-wrong-secret-9876543210";
+
+/// moto's sso-admin and identitystore behind the fault proxy, which throttles and fails on
+/// demand and refuses a key other than the configured one (moto checks no signature here).
+struct Sso {
+    moto: Moto,
+    proxy: FaultProxy,
+    instance: Value,
+}
+
+fn sso_secrets(key_id: &str, secret: &str) -> Arc<dyn SecretSource> {
+    Arc::new(
+        MemorySecrets::default()
+            .with(SECRET, "access_key_id", key_id)
+            .with(SECRET, "secret_access_key", secret),
+    )
+}
+
+#[async_trait::async_trait]
+impl ConformanceTarget for Sso {
+    fn system(&self) -> (String, deprov_core::policy::SystemConfig) {
+        let config = serde_json::from_value(json!({
+            "kind": "aws_sso",
+            "secret": SECRET,
+            "connection": {
+                "endpoint_url": self.proxy.endpoint,
+                "instance_arn": self.instance["instance_arn"],
+                "identity_store_id": self.instance["identity_store_id"],
+                "deny_policy": true,
+            },
+        }))
+        .unwrap_or_else(|err| panic!("{err}"));
+        ("sso".into(), config)
+    }
+    fn secrets(&self) -> Arc<dyn SecretSource> {
+        sso_secrets(GOOD_KEY_ID, GOOD_SECRET)
+    }
+    fn secret_values(&self) -> Vec<String> {
+        vec![GOOD_SECRET.into(), WRONG_SECRET.into()]
+    }
+    fn wrong_secrets(&self) -> Arc<dyn SecretSource> {
+        sso_secrets(WRONG_KEY_ID, WRONG_SECRET)
+    }
+    async fn seed_person(&self, tag: &str) -> PersonQuery {
+        let user = format!("conf-{tag}-{}", std::process::id());
+        seed(&self.moto, &user);
+        PersonQuery {
+            person_id: format!("P-{tag}"),
+            email: format!("{user}@example.com"),
+            username: Some(user),
+        }
+    }
+    async fn remove_account(&self, account: &Account) {
+        let python = moto_server().with_file_name("python");
+        let code = r#"import sys, boto3
+store = boto3.client("identitystore", endpoint_url=sys.argv[1], region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+store.delete_user(IdentityStoreId=sys.argv[2], UserId=sys.argv[3])
+"#;
+        let out = Command::new(python)
+            .args([
+                "-c",
+                code,
+                &self.moto.endpoint,
+                self.instance["identity_store_id"]
+                    .as_str()
+                    .unwrap_or_default(),
+                &account.id,
+            ])
+            .output()
+            .unwrap_or_else(|err| panic!("delete user: {err}"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    fn throttle_next(&self, n: u32) -> bool {
+        self.proxy.throttle_next(n);
+        true
+    }
+    fn fail_next(&self, n: u32) -> bool {
+        self.proxy.fail_next(n);
+        true
+    }
+    fn stages(&self) -> Vec<StageKind> {
+        vec![
+            StageKind::Disable,
+            StageKind::Entitlements,
+            StageKind::Delete,
+        ]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_sso_conforms() {
+    let moto = start().await;
+    let instance = seed(&moto, &format!("conf-instance-{}", std::process::id()));
+    let proxy = FaultProxy::start(&moto.endpoint, Protocol::Json).await;
+    proxy.require_key_id(GOOD_KEY_ID);
+    let target = Sso {
+        moto,
+        proxy,
+        instance,
+    };
+    check_all(&target).await;
+    assert!(
+        target.proxy.injected() >= 6 + 2,
+        "every storm reached the connector"
+    );
 }

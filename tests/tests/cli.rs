@@ -413,3 +413,129 @@ async fn a_process_killed_mid_run_resumes_without_applying_anything_twice() {
     // Plan, stage and summary records besides the task completions.
     assert!(count(&db, "SELECT COUNT(*) FROM audit") >= 1 + groups as i64 + 3);
 }
+
+#[tokio::test]
+async fn a_run_held_for_approval_changes_nothing_until_approved_and_a_denied_one_never_runs() {
+    let server = Scim2Server::start().await;
+    let jordan = server.create_user("jlee", "jordan.lee@example.com").await;
+    let space = Workspace::new();
+    let policy = example_policy(&server.base_url).replacen(
+        "match_by = \"username\"",
+        "match_by = \"username\"\napproval = true",
+        1,
+    );
+    let policy = space.write("policy.toml", &policy);
+    let event = space.write("event.json", &example_event("termination.json"));
+    let db = space.db();
+
+    let held = space.run(&server.token, &policy, &event);
+    assert_eq!(held.status.code(), Some(0), "{}", text(&held));
+    assert!(
+        text(&held).contains("waits for approval"),
+        "{}",
+        text(&held)
+    );
+    assert_eq!(
+        server.get_user(&jordan).await.unwrap()["active"],
+        json!(true)
+    );
+    let run_id: String = Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT run_id FROM runs", [], |row| row.get(0))
+        .unwrap();
+
+    // No reason, no decision.
+    let refused = space.deprov(
+        &server.token,
+        &[
+            "approve",
+            &run_id,
+            "--by",
+            "it-lead",
+            "--reason",
+            " ",
+            "--db",
+            path_str(&db),
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert_eq!(
+        server.get_user(&jordan).await.unwrap()["active"],
+        json!(true)
+    );
+
+    let approved = space.deprov(
+        &server.token,
+        &[
+            "approve",
+            &run_id,
+            "--by",
+            "it-lead@example.com",
+            "--reason",
+            "ticket IT-42",
+            "--db",
+            path_str(&db),
+        ],
+    );
+    assert_eq!(approved.status.code(), Some(0), "{}", text(&approved));
+    assert_eq!(
+        server.get_user(&jordan).await.unwrap()["active"],
+        json!(false)
+    );
+    let show = space.deprov(
+        &server.token,
+        &[
+            "audit",
+            "show",
+            "--person",
+            "E2001",
+            "--json",
+            "--db",
+            path_str(&db),
+        ],
+    );
+    let shown = String::from_utf8_lossy(&show.stdout).to_string();
+    assert!(shown.contains("\"approval_requested\""), "{shown}");
+    assert!(shown.contains("it-lead@example.com"), "{shown}");
+
+    // Another person's run, denied: nothing changes, ever.
+    let sam = server.create_user("sam", "sam.rivera@example.com").await;
+    let other = example_event("termination.json")
+        .replace("hr-2026-000123", "hr-2026-000777")
+        .replace("jordan.lee@example.com", "sam.rivera@example.com")
+        .replace("\"jlee\"", "\"sam\"")
+        .replace("E2001", "E2002");
+    let other = space.write("other.json", &other);
+    let held = space.run(&server.token, &policy, &other);
+    assert_eq!(held.status.code(), Some(0), "{}", text(&held));
+    let other_run: String = Connection::open(&db)
+        .unwrap()
+        .query_row(
+            "SELECT run_id FROM runs WHERE person_id = 'E2002'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    let denied = space.deprov(
+        &server.token,
+        &[
+            "deny",
+            &other_run,
+            "--by",
+            "ciso",
+            "--reason",
+            "wrong person",
+            "--db",
+            path_str(&db),
+        ],
+    );
+    assert_eq!(denied.status.code(), Some(0), "{}", text(&denied));
+    assert!(
+        text(&denied).contains("nothing was changed"),
+        "{}",
+        text(&denied)
+    );
+    assert_eq!(server.get_user(&sam).await.unwrap()["active"], json!(true));
+    let verify = space.deprov(&server.token, &["audit", "verify", "--db", path_str(&db)]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+}

@@ -1,6 +1,7 @@
 //! The AWS IAM connector against the conformance suite, on moto's IAM with authentication
-//! enforced (a wrong key is refused as AWS refuses it). moto cannot be made to throttle or
-//! fail on demand, so the storms are skipped.
+//! enforced (a wrong key is refused as AWS refuses it). The connector talks to moto through
+//! a fault proxy, which answers AWS's `Throttling` and `ServiceUnavailable` errors on demand
+//! for the throttling-storm and 5xx-then-success checks.
 
 mod iam_moto;
 
@@ -12,21 +13,32 @@ use deprov_core::policy::SystemConfig;
 use deprov_core::ports::SecretSource;
 use deprov_core::{Account, PersonQuery};
 use deprov_tests::conformance::{check_all, ConformanceTarget};
+use deprov_tests::fault_proxy::{FaultProxy, Protocol};
 use iam_moto::IamMoto;
 
 const SECRET: &str = "deprov/connector/aws";
 const WRONG: &str = "wrong-secret-access-key-0123456789";
 
-struct Moto(IamMoto);
+struct Moto(IamMoto, FaultProxy);
 
 #[async_trait]
 impl ConformanceTarget for Moto {
     fn system(&self) -> (String, SystemConfig) {
-        (
-            "aws".into(),
-            self.0
-                .config(SECRET, serde_json::json!({"protected_users": ["deprov-*"]})),
-        )
+        let mut config = self
+            .0
+            .config(SECRET, serde_json::json!({"protected_users": ["deprov-*"]}));
+        config
+            .connection
+            .insert("endpoint_url".into(), serde_json::json!(self.1.endpoint));
+        ("aws".into(), config)
+    }
+    fn throttle_next(&self, n: u32) -> bool {
+        self.1.throttle_next(n);
+        true
+    }
+    fn fail_next(&self, n: u32) -> bool {
+        self.1.fail_next(n);
+        true
     }
     fn secrets(&self) -> Arc<dyn SecretSource> {
         self.0.secrets(SECRET)
@@ -67,8 +79,15 @@ impl ConformanceTarget for Moto {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_iam_conforms() {
-    let target = Moto(iam_moto::start().await);
+    let moto = iam_moto::start().await;
+    let proxy = FaultProxy::start(&moto.endpoint, Protocol::Query).await;
+    let target = Moto(moto, proxy);
     check_all(&target).await;
+    assert_eq!(
+        target.1.injected(),
+        6 + 2,
+        "every storm reached the connector"
+    );
     for tag in ["twice", "gone"] {
         let user = format!("conf-{tag}-{}", std::process::id());
         assert!(target

@@ -223,8 +223,29 @@ async fn every_action_applies_verifies_and_is_idempotent() {
         json!([{"key": "PRIVACY_LEVEL", "value": ["PRIVATE", "SHARED"]}])
     );
 
+    // A rehire before the delete: unsuspended, back in the group, both read back.
+    twice(google.as_ref(), &task(Action::Enable, &account, None)).await;
+    assert!(mock.user(&ada).is_some_and(|u| !u.suspended));
+    let observed = twice(
+        google.as_ref(),
+        &task(Action::RestoreEntitlement, &account, group_target(&eng)),
+    )
+    .await;
+    assert_eq!(observed["isMember"], true);
+    assert!(mock.is_member(&eng.id, &ada));
+
     twice(google.as_ref(), &task(Action::Delete, &account, None)).await;
     assert!(mock.user(&ada).is_none());
+    let enable = task(Action::Enable, &account, None);
+    let err = google.apply(&enable).await.expect_err("gone");
+    assert!(err.to_string().contains("no longer exists"), "{err}");
+    assert!(
+        !google
+            .verify(&enable)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .verified
+    );
 }
 
 #[tokio::test]

@@ -186,8 +186,35 @@ async fn every_action_applies_verifies_and_is_idempotent() {
     .await;
     assert_eq!(mock.user(&id).map(|u| u.licenses.is_empty()), Some(true));
 
+    // A rehire before the delete puts back what the pre-state held.
+    twice(graph.as_ref(), &task(Action::Enable, &account, None)).await;
+    assert_eq!(mock.user(&id).map(|u| u.enabled), Some(true));
+    twice(
+        graph.as_ref(),
+        &task(Action::RestoreEntitlement, &account, Some(&group)),
+    )
+    .await;
+    assert!(mock.is_member(&eng, &id));
+    twice(
+        graph.as_ref(),
+        &task(Action::RestoreEntitlement, &account, Some(&license)),
+    )
+    .await;
+    assert_eq!(mock.user(&id).map(|u| u.licenses.contains(E3)), Some(true));
+
     twice(graph.as_ref(), &task(Action::Delete, &account, None)).await;
     assert!(mock.user(&id).is_none());
+    // A deleted user cannot be enabled: a clear permanent error, and never "verified".
+    let enable = task(Action::Enable, &account, None);
+    let err = graph.apply(&enable).await.expect_err("gone");
+    assert!(err.to_string().contains("no longer exists"), "{err}");
+    assert!(
+        !graph
+            .verify(&enable)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .verified
+    );
 }
 
 #[tokio::test]

@@ -295,3 +295,52 @@ async fn a_user_already_gone_is_success() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_rehire_unsuspends_or_reactivates_and_regrants_groups() {
+    let mock = OktaMock::start(TOKEN).await;
+    let ada = mock.add_user("ada@example.com", "ada@example.com");
+    let eng = mock.add_group("eng", &[]);
+    let okta = connector(&mock);
+    let account = okta
+        .discover(&person("ada@example.com"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .remove(0);
+    assert!(okta.supports().contains(&deprov_core::StageKind::Restore));
+
+    mock.set_status(&ada, "SUSPENDED");
+    let enable = task(Action::Enable, &account, None);
+    assert!(
+        !okta
+            .verify(&enable)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .verified
+    );
+    let observed = twice(okta.as_ref(), &enable).await;
+    assert_eq!(observed["user_status"], "ACTIVE");
+    assert_eq!(mock.user(&ada).map(|u| u.status).as_deref(), Some("ACTIVE"));
+
+    mock.set_status(&ada, "DEPROVISIONED");
+    twice(okta.as_ref(), &enable).await;
+    assert_eq!(mock.user(&ada).map(|u| u.status).as_deref(), Some("ACTIVE"));
+
+    let group = Entitlement {
+        id: eng.clone(),
+        name: "eng".into(),
+        kind: "group".into(),
+    };
+    twice(
+        okta.as_ref(),
+        &task(Action::RestoreEntitlement, &account, Some(&group)),
+    )
+    .await;
+    assert!(mock.is_member(&eng, &ada));
+
+    // A user deleted meanwhile cannot be restored: a clear permanent error.
+    mock.remove_user(&ada);
+    let err = okta.apply(&enable).await.expect_err("gone");
+    assert_eq!(err.kind(), deprov_core::ErrorKind::Permanent);
+    assert!(err.to_string().contains("no longer exists"), "{err}");
+}

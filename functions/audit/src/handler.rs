@@ -291,6 +291,7 @@ mod tests {
             skipped: Vec::new(),
             unreachable: Vec::new(),
             stops: Vec::new(),
+            approval: Vec::new(),
         };
         let now = Utc::now();
         store

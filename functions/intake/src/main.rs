@@ -20,7 +20,7 @@ async fn main() -> Result<(), Error> {
     let config = handler::Config::from_env()?;
     let sdk = load_sdk_config(&AwsSettings::from_env()).await;
     let runs = DynamoRunStore::new(aws_sdk_dynamodb::Client::new(&sdk), &config.runs_table);
-    let deps = handler::Deps {
+    let deps = deprov_core::intake::Deps {
         runs: runs.clone(),
         secrets: SecretsManagerSource::new(aws_sdk_secretsmanager::Client::new(&sdk), SECRET_TTL),
         starter: Executions::new(aws_sdk_sfn::Client::new(&sdk), &config.state_machine_arn),
@@ -32,7 +32,7 @@ async fn main() -> Result<(), Error> {
         )
         .recording_in(runs),
         clock: SystemClock,
-        webhook_secret: config.webhook_secret,
+        settings: config.settings,
     };
     lambda_http::run(service_fn(|request| handler::handle(&deps, request))).await
 }

@@ -97,7 +97,25 @@ async fn build<S: RunStore, P: PolicySource, X: RunStopper>(
     }
     let discoveries =
         deprov_connectors::discover(&policy, &connectors, event, deps.discovery_timeout).await;
-    let plan = match discoveries.and_then(|found| build_plan(event, &policy, &found)) {
+    // Approvals are decided with `deprov approve` against the local store; the state
+    // machine has no approval step yet, so a run that needs one is refused here rather
+    // than run unapproved.
+    let needs_approval = |plan: &Plan| {
+        (!plan.approval.is_empty() && !input.dry_run).then(|| {
+            format!(
+                "this run needs approval ({}), which the AWS deployment cannot collect yet; run it with the local engine (`deprov run`, then `deprov approve`)",
+                plan.approval.join("; ")
+            )
+        })
+    };
+    let planned = discoveries
+        .and_then(|found| build_plan(event, &policy, &found))
+        .map_err(|refusal| refusal.to_string())
+        .and_then(|plan| match needs_approval(&plan) {
+            Some(reason) => Err(reason),
+            None => Ok(plan),
+        });
+    let plan = match planned {
         Ok(plan) => plan,
         Err(refusal) => {
             tracing::warn!(reason = %refusal, "plan refused");
@@ -109,7 +127,7 @@ async fn build<S: RunStore, P: PolicySource, X: RunStopper>(
                 stages: Vec::new(),
                 refusal: Some(Refusal {
                     event: event.clone(),
-                    reason: refusal.to_string(),
+                    reason: refusal,
                     policy_version: policy.version.clone(),
                 }),
             });
@@ -377,5 +395,23 @@ mod tests {
         // A retried BuildPlan stops the same run and plans the same restore.
         let again = handle(&deps, invoke(rehire)).await.unwrap();
         assert_eq!(again.stages, restore.stages);
+    }
+
+    #[tokio::test]
+    async fn a_run_that_needs_approval_is_refused_not_run_unapproved() {
+        let directory = MemoryDirectory::new();
+        directory.add_account("crm", "42", "ada.l", "ada@example.com", &["eng"]);
+        let mut deps = deps(directory);
+        let mut policy = sample_policy();
+        policy.systems.get_mut("crm").unwrap().approval = true;
+        deps.policies = MemoryPolicies::new(policy);
+        let planned = handle(&deps, invoke(json!({"event": sample_event()})))
+            .await
+            .unwrap();
+        assert_eq!(planned.verdict, Verdict::Refused);
+        assert!(planned.stages.is_empty());
+        let reason = planned.refusal.unwrap().reason;
+        assert!(reason.contains("needs approval"), "{reason}");
+        assert!(deps.store.get_run(&planned.run_id).await.unwrap().is_none());
     }
 }

@@ -293,6 +293,7 @@ mod tests {
                 stages: vec![StageKind::Disable],
                 delays: BTreeMap::new(),
                 overrides: BTreeMap::new(),
+                approval: false,
             },
         );
         // The brake's percentage is judged in its own test.

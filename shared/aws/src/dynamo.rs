@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use aws_sdk_dynamodb::Client;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
 use deprov_core::audit::{AuditEntry, AuditRecord, Body, ChainHead};
 use deprov_core::people::PersonRecord;
 use deprov_core::plan::Task;
@@ -174,27 +174,120 @@ impl DynamoRunStore {
     }
 
     /// Records a run scheduled to start at `at` (`SCHEDULE#<run_id>` / `SCHEDULE`): what
-    /// is pending, for operators and the sweep. Idempotent: the same run written again
-    /// holds the same values.
+    /// is pending, for operators and the sweep, and (through the `by_person` index) what a
+    /// newer termination moves or a cancel removes. `start_at` is UTC (it sorts);
+    /// `effective_at` keeps the sender's offset. Idempotent: the same run written again
+    /// holds the same values. A removed schedule is not written again.
     pub async fn put_schedule(
         &self,
         run_id: &str,
         person_id: &str,
-        at: DateTime<Utc>,
+        at: DateTime<FixedOffset>,
     ) -> Result<(), StoreError> {
-        self.client
+        let written = self
+            .client
             .put_item()
             .table_name(&self.table)
             .item("pk", s(format!("SCHEDULE#{run_id}")))
             .item("sk", s("SCHEDULE"))
             .item("run_id", s(run_id))
             .item("person", s(person_id))
-            .item("start_at", s(time(&at)))
+            .item("start_at", s(time(&at.with_timezone(&Utc))))
+            .item("effective_at", s(at.to_rfc3339()))
+            .item("state", s("pending"))
             .item("recorded_at", s(time(&Utc::now())))
+            .condition_expression("attribute_not_exists(#state) OR #state = :pending")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":pending", s("pending"))
+            .send()
+            .await;
+        match written {
+            Ok(_) => Ok(()),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(backend("PutItem schedule", err)),
+        }
+    }
+
+    /// The person's schedules still pending (`SCHEDULE#` items of the `by_person` index).
+    pub async fn pending_schedules(
+        &self,
+        person_id: &str,
+    ) -> Result<Vec<(String, DateTime<FixedOffset>)>, StoreError> {
+        let items = self
+            .query(
+                Some("by_person"),
+                "person = :person",
+                vec![(":person", s(person_id))],
+            )
+            .await?;
+        let mut pending = Vec::new();
+        for item in items {
+            let is_schedule = item
+                .get("pk")
+                .and_then(|value| value.as_s().ok())
+                .is_some_and(|pk| pk.starts_with("SCHEDULE#"));
+            let state = item.get("state").and_then(|value| value.as_s().ok());
+            if !is_schedule || state.is_some_and(|state| state != "pending") {
+                continue;
+            }
+            let run_id = text(&item, "run_id")?.to_string();
+            let at = match item.get("effective_at").and_then(|value| value.as_s().ok()) {
+                Some(given) => DateTime::parse_from_rfc3339(given)
+                    .map_err(|err| corrupt("schedule effective_at", err))?,
+                None => parse_time(text(&item, "start_at")?)?.fixed_offset(),
+            };
+            pending.push((run_id, at));
+        }
+        pending.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(pending)
+    }
+
+    /// Marks a schedule removed, with why and when; the item stays for operators.
+    pub async fn remove_schedule(&self, run_id: &str, reason: &str) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("SCHEDULE#{run_id}")))
+            .key("sk", s("SCHEDULE"))
+            .update_expression(
+                "SET #state = :removed, removed_reason = :reason, removed_at = :at, run_id = :run",
+            )
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":removed", s("removed"))
+            .expression_attribute_values(":reason", s(reason))
+            .expression_attribute_values(":at", s(time(&Utc::now())))
+            .expression_attribute_values(":run", s(run_id))
             .send()
             .await
             .map(|_| ())
-            .map_err(|err| backend("PutItem schedule", err))
+            .map_err(|err| backend("UpdateItem schedule", err))
+    }
+
+    /// Why the run's schedule was removed, if it was.
+    pub async fn schedule_removal(&self, run_id: &str) -> Result<Option<String>, StoreError> {
+        let Some(item) = self.get(format!("SCHEDULE#{run_id}"), "SCHEDULE").await? else {
+            return Ok(None);
+        };
+        if item
+            .get("state")
+            .and_then(|value| value.as_s().ok())
+            .map(String::as_str)
+            != Some("removed")
+        {
+            return Ok(None);
+        }
+        Ok(Some(
+            item.get("removed_reason")
+                .and_then(|value| value.as_s().ok())
+                .cloned()
+                .unwrap_or_else(|| "removed".to_string()),
+        ))
     }
 }
 
@@ -338,7 +431,7 @@ impl RunStore for DynamoRunStore {
 
     async fn due_runs(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
         let mut due = Vec::new();
-        for status in [RunStatus::Running, RunStatus::Waiting] {
+        for status in RunStatus::OPEN {
             let items = self
                 .query(
                     Some("by_status"),

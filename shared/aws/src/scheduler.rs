@@ -15,10 +15,10 @@ use aws_sdk_scheduler::types::{
     ActionAfterCompletion, FlexibleTimeWindow, FlexibleTimeWindowMode, Target,
 };
 use aws_sdk_scheduler::Client;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, FixedOffset, Utc};
 use deprov_core::flow::RunInput;
 use deprov_core::ids::sha256_hex;
-use deprov_core::launch::{LaunchError, RunScheduler};
+use deprov_core::launch::{LaunchError, PendingRun, RunScheduler};
 
 use crate::dynamo::DynamoRunStore;
 
@@ -162,18 +162,54 @@ impl RunSchedules {
     }
 }
 
+impl RunSchedules {
+    /// Deletes the run's schedule; one that is gone already (fired, or deleted before) is
+    /// success.
+    pub async fn delete(&self, run_id: &str) -> Result<(), SchedulerError> {
+        let deleted = self
+            .client
+            .delete_schedule()
+            .name(schedule_name(run_id))
+            .group_name(&self.group)
+            .send()
+            .await;
+        match deleted {
+            Ok(_) => Ok(()),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|service| service.is_resource_not_found_exception()) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(SchedulerError {
+                operation: "DeleteSchedule",
+                message: format!("{err:?}"),
+            }),
+        }
+    }
+
+    fn records(&self) -> Result<&DynamoRunStore, LaunchError> {
+        self.record_in.as_ref().ok_or_else(|| {
+            LaunchError(
+                "pending schedules are listed from the runs table; build RunSchedules with recording_in(runs)".into(),
+            )
+        })
+    }
+}
+
 #[async_trait]
 impl RunScheduler for RunSchedules {
     async fn schedule_run(
         &self,
         run_id: &str,
         person_id: &str,
-        at: DateTime<Utc>,
+        at: DateTime<FixedOffset>,
         input: &RunInput,
     ) -> Result<(), LaunchError> {
         let input = serde_json::to_value(input)
             .map_err(|err| LaunchError(format!("run input of {run_id}: {err}")))?;
-        self.schedule(run_id, at, &input)
+        self.schedule(run_id, at.with_timezone(&Utc), &input)
             .await
             .map_err(|err| LaunchError(err.to_string()))?;
         if let Some(runs) = &self.record_in {
@@ -182,6 +218,46 @@ impl RunScheduler for RunSchedules {
                 .map_err(|err| LaunchError(err.to_string()))?;
         }
         Ok(())
+    }
+
+    async fn pending_for(&self, person_id: &str) -> Result<Vec<PendingRun>, LaunchError> {
+        let pending = self
+            .records()?
+            .pending_schedules(person_id)
+            .await
+            .map_err(|err| LaunchError(err.to_string()))?;
+        Ok(pending
+            .into_iter()
+            .map(|(run_id, start_at)| PendingRun {
+                run_id,
+                person_id: person_id.to_string(),
+                start_at,
+            })
+            .collect())
+    }
+
+    async fn unschedule(&self, run_id: &str, reason: &str) -> Result<(), LaunchError> {
+        let records = self.records()?;
+        // The schedule first: a record marked removed whose schedule still fires would be
+        // worse than a removed schedule whose record still says pending (the retry fixes
+        // that one).
+        self.delete(run_id)
+            .await
+            .map_err(|err| LaunchError(err.to_string()))?;
+        records
+            .remove_schedule(run_id, reason)
+            .await
+            .map_err(|err| LaunchError(err.to_string()))
+    }
+
+    async fn removed(&self, run_id: &str) -> Result<Option<String>, LaunchError> {
+        match &self.record_in {
+            Some(records) => records
+                .schedule_removal(run_id)
+                .await
+                .map_err(|err| LaunchError(err.to_string())),
+            None => Ok(None),
+        }
     }
 }
 

@@ -104,7 +104,7 @@ async fn a_future_run_becomes_one_schedule_targeting_the_state_machine() {
     // Through the port, twice: the second delivery finds the schedule there.
     for _ in 0..2 {
         schedules
-            .schedule_run(&run_id, "E1001", at, &input)
+            .schedule_run(&run_id, "E1001", at.fixed_offset(), &input)
             .await
             .unwrap_or_else(|err| panic!("{err}"));
     }
@@ -185,4 +185,150 @@ async fn a_future_run_becomes_one_schedule_targeting_the_state_machine() {
         .schedule(&run_id, at, &serde_json::json!({}))
         .await
         .is_err());
+}
+
+/// The intake's decisions through the real adapters: a termination dated tomorrow becomes
+/// an EventBridge schedule, HR's corrected date moves it (the old schedule is deleted and
+/// its record says why), and a cancel removes it; nothing is left pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_termination_dated_tomorrow_schedules_moves_and_vanishes_on_cancel() {
+    use deprov_core::intake::{accept, Delivery, Deps, Settings};
+    use deprov_core::launch::MemoryLauncher;
+    use deprov_core::signature;
+    use deprov_core::testing::{ManualClock, MemorySecrets};
+
+    let moto = moto().await;
+    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    let config = load_sdk_config(&AwsSettings {
+        endpoint_url: Some(moto.endpoint.clone()),
+        region: Some("us-east-1".into()),
+    })
+    .await;
+    let dynamo = aws_sdk_dynamodb::Client::new(&config);
+    tables::create_runs_table(&dynamo, "runs-moves")
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    let runs = DynamoRunStore::new(dynamo.clone(), "runs-moves");
+    let client = aws_sdk_scheduler::Client::new(&config);
+    client
+        .create_schedule_group()
+        .name("deprov-moves")
+        .send()
+        .await
+        .unwrap_or_else(|err| panic!("{err:?}"));
+    let machine = "arn:aws:states:us-east-1:123456789012:stateMachine:deprovision";
+    let role = "arn:aws:iam::123456789012:role/deprov-scheduler";
+    let now = Utc::now();
+    let deps = Deps {
+        runs: runs.clone(),
+        secrets: MemorySecrets::default().with("hook", "key", "k-123"),
+        starter: MemoryLauncher::default(),
+        scheduler: RunSchedules::new(client.clone(), "deprov-moves", machine, role)
+            .recording_in(runs.clone()),
+        clock: ManualClock::at(now),
+        settings: Settings::generic("hook"),
+    };
+    let post = |event: serde_json::Value| {
+        let deps = &deps;
+        async move {
+            let body = serde_json::to_vec(&event).unwrap_or_default();
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                signature::HEADER,
+                signature::sign(b"k-123", now.timestamp(), &body)
+                    .parse()
+                    .unwrap_or_else(|err| panic!("{err}")),
+            );
+            accept(
+                deps,
+                Delivery {
+                    method: &http::Method::POST,
+                    path: "/events",
+                    query: None,
+                    headers: &headers,
+                    body: &body,
+                },
+            )
+            .await
+        }
+    };
+    let offset = chrono::FixedOffset::west_opt(5 * 3600).unwrap_or_else(|| panic!("offset"));
+    let termination = |id: &str, days: i64| {
+        serde_json::json!({
+            "event_id": id, "source": "workday", "kind": "termination",
+            "termination_type": "voluntary",
+            "person": {"id": "E77", "email": "mo@example.com"},
+            "effective_at": (now + chrono::Duration::days(days)).with_timezone(&offset).to_rfc3339(),
+            "requested_by": "hr"
+        })
+    };
+    let exists = |run_id: String| {
+        let client = client.clone();
+        async move {
+            client
+                .get_schedule()
+                .group_name("deprov-moves")
+                .name(schedule_name(&run_id))
+                .send()
+                .await
+                .is_ok()
+        }
+    };
+    let first = deprov_core::ids::run_id("workday", "t-1");
+    let second = deprov_core::ids::run_id("workday", "t-2");
+
+    let reply = post(termination("t-1", 1)).await;
+    assert_eq!(reply.status.as_u16(), 202, "{}", reply.body);
+    assert_eq!(reply.body["status"], "scheduled");
+    assert!(reply.body["start_at"]
+        .as_str()
+        .unwrap_or_default()
+        .ends_with("-05:00"));
+    assert!(exists(first.clone()).await);
+
+    let reply = post(termination("t-2", 4)).await;
+    assert_eq!(reply.status.as_u16(), 202, "{}", reply.body);
+    assert_eq!(reply.body["replaced"], serde_json::json!([first.clone()]));
+    assert!(
+        !exists(first.clone()).await,
+        "the old schedule was not deleted"
+    );
+    assert!(exists(second.clone()).await);
+    let pending = deps
+        .scheduler
+        .pending_for("E77")
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].run_id, second);
+    assert_eq!(pending[0].start_at.offset().local_minus_utc(), -5 * 3600);
+    let removal = runs
+        .schedule_removal(&first)
+        .await
+        .unwrap_or_else(|err| panic!("{err}"))
+        .unwrap_or_default();
+    assert!(removal.starts_with("moved:"), "{removal}");
+
+    let mut cancel = termination("t-3", 0);
+    cancel["kind"] = serde_json::json!("cancel");
+    if let Some(object) = cancel.as_object_mut() {
+        object.remove("termination_type");
+    }
+    let reply = post(cancel).await;
+    assert_eq!(reply.status.as_u16(), 202, "{}", reply.body);
+    assert_eq!(
+        reply.body["unscheduled"],
+        serde_json::json!([second.clone()])
+    );
+    assert!(
+        !exists(second).await,
+        "the schedule did not vanish on cancel"
+    );
+    assert!(deps
+        .scheduler
+        .pending_for("E77")
+        .await
+        .unwrap_or_else(|err| panic!("{err}"))
+        .is_empty());
 }

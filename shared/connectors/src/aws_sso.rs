@@ -10,7 +10,14 @@
 //!   `ListGroupMembershipsForMember` (every list paginated);
 //! - remove entitlement: `DeleteAccountAssignment`, then `DescribeAccountAssignmentDeletionStatus`
 //!   polled (bounded, with backoff) until `SUCCEEDED`; `DeleteGroupMembership`;
-//! - delete: `DeleteUser`.
+//! - delete: `DeleteUser`;
+//! - disable (only with `deny_policy = true`): the documented way to cut off a user's
+//!   access, live role sessions included — an inline-policy statement on every permission
+//!   set of the instance that denies everything to the user's `identitystore:userId`
+//!   (`PutInlinePolicyToPermissionSet`, then `ProvisionPermissionSet` to every account it
+//!   is provisioned to). One statement, `DeprovDeniedUsers`, lists every denied user; the
+//!   rest of each inline policy is left as it was. A restore (rehire) takes the user out of
+//!   it again. <https://docs.aws.amazon.com/singlesignon/latest/userguide/useraccess.html#revoke-user-permissions>
 //!
 //! Role sessions already issued from an assignment are not ended by removing it: they
 //! last until they expire (documented AWS behaviour); the evidence says so.
@@ -22,7 +29,8 @@
 //! `access_key_id`, `secret_access_key` and optionally `session_token`; without it the
 //! default credential chain is used), and `connection` keys `instance_arn` and
 //! `identity_store_id` (required), `endpoint_url` (one endpoint for both APIs, for tests),
-//! `region` ("us-east-1": the instance's region), `timeout_secs` (30).
+//! `region` ("us-east-1": the instance's region), `timeout_secs` (30), `deny_policy`
+//! (false: see disable).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +58,7 @@ const KEYS: &[&str] = &[
     "endpoint_url",
     "region",
     "timeout_secs",
+    "deny_policy",
 ];
 const DEFAULT_REGION: &str = "us-east-1";
 
@@ -57,6 +66,18 @@ const ASSIGNMENT: &str = "account_assignment";
 const GROUP: &str = "group";
 
 const SUPPORTS: &[StageKind] = &[StageKind::Entitlements, StageKind::Delete];
+/// With `deny_policy = true`: the deny statement disables, and a restore lifts it.
+const SUPPORTS_WITH_DENY: &[StageKind] = &[
+    StageKind::Disable,
+    StageKind::Entitlements,
+    StageKind::Delete,
+    StageKind::Restore,
+];
+
+/// The `Sid` of the inline-policy statement that lists the users deprov denies.
+const DENY_SID: &str = "DeprovDeniedUsers";
+/// The condition key IAM Identity Center sets on its role sessions.
+const USER_ID_KEY: &str = "identitystore:userId";
 
 /// How often, and how long apart, a deletion's status is read before giving up for now.
 const STATUS_POLLS: u32 = 8;
@@ -73,6 +94,7 @@ struct Settings {
     region: String,
     timeout: Duration,
     secret: Option<String>,
+    deny_policy: bool,
 }
 
 impl Settings {
@@ -110,6 +132,7 @@ impl Settings {
             )
             .unwrap_or_else(|| DEFAULT_REGION.into());
         let timeout = s.number("timeout_secs", 30, 600);
+        let deny_policy = s.flag("deny_policy");
         let secret = match config.secret.as_deref() {
             None => None,
             Some(name) if !name.trim().is_empty() => Some(name.to_string()),
@@ -129,11 +152,57 @@ impl Settings {
                     region,
                     timeout: Duration::from_secs(timeout),
                     secret,
+                    deny_policy,
                 })
             }
             _ => Err(s.problems),
         }
     }
+}
+
+fn statements(policy: &serde_json::Value) -> Vec<serde_json::Value> {
+    match &policy["Statement"] {
+        serde_json::Value::Array(list) => list.clone(),
+        serde_json::Value::Object(_) => vec![policy["Statement"].clone()],
+        _ => Vec::new(),
+    }
+}
+
+/// The policy with `user_id` added to (or removed from) the `DeprovDeniedUsers` deny
+/// statement; the statement goes when it lists nobody, every other statement stays.
+fn with_denied_user(policy: &mut serde_json::Value, user_id: &str, deny: bool) {
+    let mut list = statements(policy);
+    let mut ids: Vec<String> = list
+        .iter()
+        .filter(|statement| statement["Sid"] == DENY_SID)
+        .flat_map(
+            |statement| match &statement["Condition"]["StringEquals"][USER_ID_KEY] {
+                serde_json::Value::String(one) => vec![one.clone()],
+                serde_json::Value::Array(ids) => ids
+                    .iter()
+                    .filter_map(|id| id.as_str().map(str::to_string))
+                    .collect(),
+                _ => Vec::new(),
+            },
+        )
+        .collect();
+    list.retain(|statement| statement["Sid"] != DENY_SID);
+    ids.retain(|id| id != user_id);
+    if deny {
+        ids.push(user_id.to_string());
+    }
+    ids.sort();
+    if !ids.is_empty() {
+        list.push(json!({
+            "Sid": DENY_SID,
+            "Effect": "Deny",
+            "Action": "*",
+            "Resource": "*",
+            "Condition": {"StringEquals": {USER_ID_KEY: ids}},
+        }));
+    }
+    policy["Version"] = json!("2012-10-17");
+    policy["Statement"] = json!(list);
 }
 
 /// The name the person goes by: the event's username, else the email (Identity Center
@@ -709,11 +778,151 @@ impl AwsSsoConnector {
         })
     }
 
+    /// Every permission set ARN of the instance.
+    async fn permission_sets(&self, user_id: &str) -> Result<Vec<String>, ConnectorError> {
+        let (_, admin, _) = self.clients().await?;
+        let listed: Result<Vec<String>, _> = list_all!(admin
+            .list_permission_sets()
+            .instance_arn(&self.settings.instance_arn));
+        Ok(self
+            .absent("ListPermissionSets", user_id, listed)
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// The permission set's inline policy as JSON (`{}`-less sets read as no statements).
+    async fn inline_policy(
+        &self,
+        user_id: &str,
+        set: &str,
+    ) -> Result<serde_json::Value, ConnectorError> {
+        let (_, admin, _) = self.clients().await?;
+        let read = self
+            .absent(
+                "GetInlinePolicyForPermissionSet",
+                user_id,
+                admin
+                    .get_inline_policy_for_permission_set()
+                    .instance_arn(&self.settings.instance_arn)
+                    .permission_set_arn(set)
+                    .send()
+                    .await,
+            )
+            .await?;
+        let text = read
+            .and_then(|out| out.inline_policy().map(str::to_string))
+            .unwrap_or_default();
+        if text.trim().is_empty() {
+            return Ok(json!({"Version": "2012-10-17", "Statement": []}));
+        }
+        serde_json::from_str(&text).map_err(|err| {
+            ConnectorError::Permanent(format!(
+                "system \"{}\": the inline policy of permission set {set} is not JSON ({err}); fix it in IAM Identity Center",
+                self.system
+            ))
+        })
+    }
+
+    /// Whether the policy's deny statement lists the user.
+    fn denies(policy: &serde_json::Value, user_id: &str) -> bool {
+        statements(policy).iter().any(|statement| {
+            statement["Sid"] == DENY_SID
+                && match &statement["Condition"]["StringEquals"][USER_ID_KEY] {
+                    serde_json::Value::String(one) => one == user_id,
+                    serde_json::Value::Array(ids) => ids.iter().any(|id| id == user_id),
+                    _ => false,
+                }
+        })
+    }
+
+    /// Adds the user to (`deny`) or takes them out of the deny statement of every
+    /// permission set, and provisions each changed set to its accounts.
+    async fn set_denied(&self, user_id: &str, deny: bool) -> Result<Applied, ConnectorError> {
+        if !self.user_exists(user_id).await? {
+            // A user that is gone signs in no more; deny statements are kept for users
+            // that exist, so the inline policies do not fill up with the departed.
+            return if deny {
+                Ok(Applied::AlreadyDone)
+            } else {
+                Err(ConnectorError::NotFound(format!(
+                    "system \"{}\": user {user_id} no longer exists, so there is nothing to enable",
+                    self.system
+                )))
+            };
+        }
+        let (_, admin, _) = self.clients().await?;
+        let mut changed = false;
+        for set in self.permission_sets(user_id).await? {
+            let mut policy = self.inline_policy(user_id, &set).await?;
+            if Self::denies(&policy, user_id) == deny {
+                continue;
+            }
+            with_denied_user(&mut policy, user_id, deny);
+            let put = admin
+                .put_inline_policy_to_permission_set()
+                .instance_arn(&self.settings.instance_arn)
+                .permission_set_arn(&set)
+                .inline_policy(policy.to_string())
+                .send()
+                .await;
+            self.absent("PutInlinePolicyToPermissionSet", user_id, put)
+                .await?;
+            // An inline policy reaches the accounts' roles only when provisioned.
+            let provisioned = admin
+                .provision_permission_set()
+                .instance_arn(&self.settings.instance_arn)
+                .permission_set_arn(&set)
+                .target_type(aws_sdk_ssoadmin::types::ProvisionTargetType::AllProvisionedAccounts)
+                .send()
+                .await;
+            self.absent("ProvisionPermissionSet", user_id, provisioned)
+                .await?;
+            changed = true;
+        }
+        Ok(if changed {
+            Applied::Changed
+        } else {
+            Applied::AlreadyDone
+        })
+    }
+
+    /// Reads every permission set's inline policy back: the user is denied (or no longer
+    /// denied) in each.
+    async fn deny_evidence(&self, user_id: &str, deny: bool) -> Result<Evidence, ConnectorError> {
+        let mut read = Vec::new();
+        let mut verified = true;
+        for set in self.permission_sets(user_id).await? {
+            let denied = Self::denies(&self.inline_policy(user_id, &set).await?, user_id);
+            verified &= denied == deny;
+            read.push(json!({"permission_set": set, "denies_user": denied}));
+        }
+        Ok(Evidence {
+            verified,
+            observed: json!({
+                "request": "GetInlinePolicyForPermissionSet",
+                "user": user_id,
+                "statement": DENY_SID,
+                "permission_sets": read,
+                "note": if deny {
+                    "Every permission set denies all actions to this identitystore:userId, live role sessions included, once provisioned."
+                } else {
+                    "No permission set denies this identitystore:userId any more."
+                },
+            }),
+        })
+    }
+
     async fn evidence(&self, task: &Task) -> Result<Evidence, ConnectorError> {
         let user_id = task.account.id.as_str();
-        if !self.user_exists(user_id).await? {
+        let exists = self.user_exists(user_id).await?;
+        match task.action {
+            Action::Disable if exists => return self.deny_evidence(user_id, true).await,
+            Action::Enable if exists => return self.deny_evidence(user_id, false).await,
+            _ => {}
+        }
+        if !exists {
             return Ok(Evidence {
-                verified: true,
+                verified: task.action != Action::Enable,
                 observed: json!({
                     "DescribeUser": {"UserId": user_id, "error": "ResourceNotFoundException"},
                     "note": SESSIONS_NOTE,
@@ -763,7 +972,11 @@ impl AwsSsoConnector {
 #[async_trait]
 impl Connector for AwsSsoConnector {
     fn supports(&self) -> &[StageKind] {
-        SUPPORTS
+        if self.settings.deny_policy {
+            SUPPORTS_WITH_DENY
+        } else {
+            SUPPORTS
+        }
     }
 
     async fn discover(&self, person: &PersonQuery) -> Result<Vec<Account>, ConnectorError> {
@@ -812,6 +1025,11 @@ impl Connector for AwsSsoConnector {
         async {
             let user_id = task.account.id.as_str();
             let applied = match task.action {
+                // A user that is gone holds nothing any more (assignments left behind for
+                // a deleted principal grant nobody anything).
+                Action::RemoveEntitlement if !self.user_exists(user_id).await? => {
+                    Ok(Applied::AlreadyDone)
+                }
                 Action::RemoveEntitlement => {
                     let target = self.target(task)?;
                     if target.kind == ASSIGNMENT {
@@ -821,6 +1039,10 @@ impl Connector for AwsSsoConnector {
                     }
                 }
                 Action::Delete => self.delete(user_id).await,
+                Action::Disable | Action::Enable if self.settings.deny_policy => {
+                    self.set_denied(user_id, task.action == Action::Disable)
+                        .await
+                }
                 other => Err(ConnectorError::Unsupported(format!(
                     "{} (the aws_sso connector has no such operation)",
                     other.as_str().replace('_', " ")
@@ -836,6 +1058,43 @@ impl Connector for AwsSsoConnector {
     async fn verify(&self, task: &Task) -> Result<Evidence, ConnectorError> {
         let span = tracing::debug_span!("aws_sso.verify", system = %self.system, task_id = %task.task_id, action = task.action.as_str());
         self.evidence(task).instrument(span).await
+    }
+
+    /// Every user of the identity store (`ListUsers`, paginated), for orphan sweeps. The
+    /// identity store keeps no sign-in time, so `last_activity` is unknown and inactivity
+    /// sweeps find nobody here.
+    async fn list_accounts(&self) -> Result<Vec<Account>, ConnectorError> {
+        let span = tracing::debug_span!("aws_sso.list_accounts", system = %self.system);
+        async {
+            let (store, _, _) = self.clients().await?;
+            let listed: Result<Vec<aws_sdk_identitystore::types::User>, _> = list_all!(store
+                .list_users()
+                .identity_store_id(&self.settings.identity_store_id));
+            let users = self
+                .absent("ListUsers", "*", listed)
+                .await?
+                .unwrap_or_default();
+            Ok(users
+                .iter()
+                .map(|user| Account {
+                    system: self.system.clone(),
+                    id: user.user_id().to_string(),
+                    username: user.user_name().unwrap_or_default().to_string(),
+                    email: user
+                        .emails()
+                        .iter()
+                        .find(|e| e.primary())
+                        .or_else(|| user.emails().first())
+                        .and_then(|e| e.value().map(str::to_string)),
+                    active: true,
+                    entitlements: Vec::new(),
+                    credentials: Vec::new(),
+                    last_activity: None,
+                })
+                .collect())
+        }
+        .instrument(span)
+        .await
     }
 }
 
@@ -879,5 +1138,25 @@ mod tests {
         );
         assert_eq!(split_assignment("12/arn:x"), None);
         assert_eq!(split_assignment("nope"), None);
+    }
+
+    #[test]
+    fn the_deny_statement_gains_and_loses_users_and_keeps_the_rest() {
+        let mut policy = json!({"Version": "2012-10-17", "Statement": [
+            {"Sid": "ReadOnly", "Effect": "Allow", "Action": "s3:Get*", "Resource": "*"}
+        ]});
+        with_denied_user(&mut policy, "u-1", true);
+        with_denied_user(&mut policy, "u-2", true);
+        assert!(AwsSsoConnector::denies(&policy, "u-1"));
+        assert!(AwsSsoConnector::denies(&policy, "u-2"));
+        assert_eq!(statements(&policy).len(), 2);
+        with_denied_user(&mut policy, "u-1", false);
+        assert!(!AwsSsoConnector::denies(&policy, "u-1"));
+        assert!(AwsSsoConnector::denies(&policy, "u-2"));
+        with_denied_user(&mut policy, "u-2", false);
+        assert_eq!(
+            statements(&policy),
+            [json!({"Sid": "ReadOnly", "Effect": "Allow", "Action": "s3:Get*", "Resource": "*"})]
+        );
     }
 }

@@ -637,24 +637,62 @@ impl GoogleConnector {
         Ok(Applied::Changed)
     }
 
-    /// `PUT /admin/directory/v1/users/{userKey}` with `{"suspended": true}`.
+    /// `PUT /admin/directory/v1/users/{userKey}` with `{"suspended": true}` (or `false`, the
+    /// restore of a rehire). A user that is gone is suspended already, and cannot come back.
     /// <https://developers.google.com/admin-sdk/directory/reference/rest/v1/users/update>
-    async fn disable(&self, key: &str) -> Result<Applied, ConnectorError> {
-        let Some(user) = self.user(key).await? else {
-            return Ok(Applied::AlreadyDone);
+    async fn set_suspended(&self, key: &str, suspended: bool) -> Result<Applied, ConnectorError> {
+        let gone = || {
+            ConnectorError::NotFound(format!(
+                "system \"{}\": user {key} no longer exists (undelete it within 20 days of deletion first), so it cannot be unsuspended",
+                self.system
+            ))
         };
-        if user["suspended"].as_bool() == Some(true) {
+        let Some(user) = self.user(key).await? else {
+            return if suspended {
+                Ok(Applied::AlreadyDone)
+            } else {
+                Err(gone())
+            };
+        };
+        if (user["suspended"].as_bool() == Some(true)) == suspended {
             return Ok(Applied::AlreadyDone);
         }
-        let body = json!({"suspended": true});
+        let body = json!({"suspended": suspended});
         let raw = self
             .call(Method::PUT, &user_path(key), &[], Some(&body), &[404])
             .await?;
-        Ok(if raw.status == 404 {
-            Applied::AlreadyDone
-        } else {
-            Applied::Changed
-        })
+        match raw.status {
+            404 if !suspended => Err(gone()),
+            404 => Ok(Applied::AlreadyDone),
+            _ => Ok(Applied::Changed),
+        }
+    }
+
+    /// `POST /admin/directory/v1/groups/{groupKey}/members` with the user as a MEMBER: the
+    /// restore of a removed membership (409 `duplicate` means it is there already).
+    /// <https://developers.google.com/admin-sdk/directory/reference/rest/v1/members/insert>
+    async fn add_member(&self, group: &str, key: &str) -> Result<Applied, ConnectorError> {
+        if self.has_member(group, key).await? == Some(true) {
+            return Ok(Applied::AlreadyDone);
+        }
+        let body = json!({"id": key, "role": "MEMBER"});
+        let raw = self
+            .call(
+                Method::POST,
+                &["admin", "directory", "v1", "groups", group, "members"],
+                &[],
+                Some(&body),
+                &[404, 409],
+            )
+            .await?;
+        match raw.status {
+            409 => Ok(Applied::AlreadyDone),
+            404 => Err(ConnectorError::NotFound(format!(
+                "system \"{}\": group {group} or user {key} no longer exists, so the membership cannot be restored",
+                self.system
+            ))),
+            _ => Ok(Applied::Changed),
+        }
     }
 
     /// `DELETE /admin/directory/v1/groups/{groupKey}/members/{memberKey}`
@@ -867,8 +905,10 @@ impl GoogleConnector {
     async fn evidence(&self, task: &Task) -> Result<Evidence, ConnectorError> {
         let key = task.account.id.as_str();
         let user_request = describe(&Method::GET, &user_path(key));
+        let restoring = task.stage() == StageKind::Restore;
         let gone = |request: String| Evidence {
-            verified: true,
+            // Gone proves a removal, never a restore.
+            verified: !restoring,
             observed: json!({"request": request, "status": 404, "note": "the user no longer exists"}),
         };
         match task.action {
@@ -900,17 +940,21 @@ impl GoogleConnector {
                     }),
                 })
             }
-            Action::Disable | Action::Delete => {
+            Action::Disable | Action::Delete | Action::Enable => {
                 let Some(user) = self.user(key).await? else {
                     return Ok(gone(user_request));
                 };
                 let suspended = user["suspended"].as_bool() == Some(true);
                 Ok(Evidence {
-                    verified: task.action == Action::Disable && suspended,
+                    verified: match task.action {
+                        Action::Disable => suspended,
+                        Action::Enable => !suspended,
+                        _ => false,
+                    },
                     observed: json!({"request": user_request, "status": 200, "suspended": suspended}),
                 })
             }
-            Action::RemoveEntitlement => {
+            Action::RemoveEntitlement | Action::RestoreEntitlement => {
                 let group = target_group(task)?;
                 let request = describe(
                     &Method::GET,
@@ -926,7 +970,7 @@ impl GoogleConnector {
                 );
                 let member = self.has_member(group, key).await?;
                 Ok(Evidence {
-                    verified: member != Some(true),
+                    verified: (member == Some(true)) == restoring,
                     observed: json!({
                         "request": request,
                         "status": if member.is_some() { 200 } else { 404 },
@@ -951,14 +995,14 @@ fn user_path(key: &str) -> Vec<&str> {
 fn target_group(task: &Task) -> Result<&str, ConnectorError> {
     let target = task.target.as_ref().ok_or_else(|| {
         ConnectorError::Permanent(format!(
-            "task {} removes an entitlement but names no target group",
+            "task {} acts on an entitlement but names no target group",
             task.task_id
         ))
     })?;
     match target.kind.as_str() {
         "group" => Ok(&target.id),
         other => Err(ConnectorError::Unsupported(format!(
-            "remove a \"{other}\" entitlement (Google groups only)"
+            "act on a \"{other}\" entitlement (Google groups only)"
         ))),
     }
 }
@@ -969,6 +1013,7 @@ const SUPPORTS: &[StageKind] = &[
     StageKind::Entitlements,
     StageKind::Data,
     StageKind::Delete,
+    StageKind::Restore,
 ];
 
 #[async_trait]
@@ -1014,8 +1059,10 @@ impl Connector for GoogleConnector {
             let key = task.account.id.as_str();
             let applied = match task.action {
                 Action::RevokeSessions => self.revoke_sessions(key).await,
-                Action::Disable => self.disable(key).await,
+                Action::Disable => self.set_suspended(key, true).await,
+                Action::Enable => self.set_suspended(key, false).await,
                 Action::RemoveEntitlement => self.remove_member(target_group(task)?, key).await,
+                Action::RestoreEntitlement => self.add_member(target_group(task)?, key).await,
                 Action::TransferData => self.transfer(task).await,
                 Action::Delete => self.delete(key).await,
                 other => Err(ConnectorError::Unsupported(format!(

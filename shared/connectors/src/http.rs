@@ -565,6 +565,21 @@ impl<'a> Settings<'a> {
         }
     }
 
+    /// `true` or `false`; `false` when absent.
+    pub(crate) fn flag(&mut self, name: &str) -> bool {
+        match self.config.connection.get(name) {
+            None => false,
+            Some(Value::Bool(on)) => *on,
+            Some(other) => {
+                self.problems.push(format!(
+                    "{} = {other} must be true or false (default false)",
+                    self.key(name)
+                ));
+                false
+            }
+        }
+    }
+
     /// One of `options` (the first is the default).
     pub(crate) fn choice(&mut self, name: &str, options: &[&'static str]) -> &'static str {
         let default = options.first().copied().unwrap_or_default();

@@ -693,7 +693,7 @@ impl LdapConnector {
     fn target_group<'t>(&self, task: &'t Task) -> Result<&'t str, ConnectorError> {
         let target = task.target.as_ref().ok_or_else(|| {
             ConnectorError::Permanent(format!(
-                "task {} removes an entitlement but names no target group",
+                "task {} acts on an entitlement but names no target group",
                 task.task_id
             ))
         })?;

@@ -542,7 +542,7 @@ impl GraphConnector {
     fn target<'t>(&self, task: &'t Task) -> Result<(&'t str, &'t str), ConnectorError> {
         let target = task.target.as_ref().ok_or_else(|| {
             ConnectorError::Permanent(format!(
-                "task {} removes an entitlement but names no target",
+                "task {} acts on an entitlement but names no target",
                 task.task_id
             ))
         })?;
@@ -557,7 +557,7 @@ impl GraphConnector {
                 target.name
             ))),
             other => Err(ConnectorError::Unsupported(format!(
-                "remove a \"{other}\" entitlement (groups and licenses only)"
+                "act on a \"{other}\" entitlement (groups and licenses only)"
             ))),
         }
     }
@@ -614,24 +614,90 @@ impl GraphConnector {
         Ok(Applied::Changed)
     }
 
-    /// `PATCH /v1.0/users/{id}` with `{"accountEnabled": false}`.
+    /// `PATCH /v1.0/users/{id}` with `{"accountEnabled": false}` (or `true`, the restore of
+    /// a rehire). A user that is gone is disabled already, and cannot be enabled.
     /// <https://learn.microsoft.com/en-us/graph/api/user-update>
-    async fn disable(&self, user_id: &str) -> Result<Applied, ConnectorError> {
-        let Some(user) = self.user(user_id, "id,accountEnabled").await? else {
-            return Ok(Applied::AlreadyDone);
+    async fn set_enabled(&self, user_id: &str, enabled: bool) -> Result<Applied, ConnectorError> {
+        let gone = || {
+            ConnectorError::NotFound(format!(
+                "system \"{}\": user {user_id} no longer exists (restore it from deleted items first), so it cannot be enabled again",
+                self.system
+            ))
         };
-        if user["accountEnabled"].as_bool() == Some(false) {
+        let Some(user) = self.user(user_id, "id,accountEnabled").await? else {
+            return if enabled {
+                Err(gone())
+            } else {
+                Ok(Applied::AlreadyDone)
+            };
+        };
+        if user["accountEnabled"].as_bool().unwrap_or(true) == enabled {
             return Ok(Applied::AlreadyDone);
         }
-        let body = json!({"accountEnabled": false});
+        let body = json!({"accountEnabled": enabled});
         let raw = self
             .call(Method::PATCH, &["users", user_id], &[], Some(&body), &[404])
             .await?;
-        Ok(if raw.status == 404 {
-            Applied::AlreadyDone
-        } else {
-            Applied::Changed
-        })
+        match raw.status {
+            404 if enabled => Err(gone()),
+            404 => Ok(Applied::AlreadyDone),
+            _ => Ok(Applied::Changed),
+        }
+    }
+
+    /// `POST /v1.0/groups/{gid}/members/$ref`: the restore of a removed membership.
+    /// <https://learn.microsoft.com/en-us/graph/api/group-post-members>
+    async fn add_member(&self, group_id: &str, user_id: &str) -> Result<Applied, ConnectorError> {
+        let groups = self.groups(user_id).await?.ok_or_else(|| {
+            ConnectorError::NotFound(format!(
+                "system \"{}\": user {user_id} no longer exists, so it cannot be added to group {group_id} again",
+                self.system
+            ))
+        })?;
+        if groups.iter().any(|g| g.id == group_id) {
+            return Ok(Applied::AlreadyDone);
+        }
+        let body = json!({
+            "@odata.id": format!("https://graph.microsoft.com/v1.0/directoryObjects/{user_id}")
+        });
+        self.call(
+            Method::POST,
+            &["groups", group_id, "members", "$ref"],
+            &[],
+            Some(&body),
+            &[],
+        )
+        .await?;
+        Ok(Applied::Changed)
+    }
+
+    /// `POST /v1.0/users/{id}/assignLicense` with `addLicenses`: the restore of a removed
+    /// license.
+    /// <https://learn.microsoft.com/en-us/graph/api/user-assignlicense>
+    async fn add_license(&self, sku: &str, user_id: &str) -> Result<Applied, ConnectorError> {
+        let user = self
+            .user(user_id, "id,assignedLicenses")
+            .await?
+            .ok_or_else(|| {
+                ConnectorError::NotFound(format!(
+                    "system \"{}\": user {user_id} no longer exists, so license {sku} cannot be assigned again",
+                    self.system
+                ))
+            })?;
+        if has_license(&user, sku) {
+            return Ok(Applied::AlreadyDone);
+        }
+        let body =
+            json!({"addLicenses": [{"skuId": sku, "disabledPlans": []}], "removeLicenses": []});
+        self.call(
+            Method::POST,
+            &["users", user_id, "assignLicense"],
+            &[],
+            Some(&body),
+            &[],
+        )
+        .await?;
+        Ok(Applied::Changed)
     }
 
     /// `DELETE /v1.0/groups/{gid}/members/{uid}/$ref`
@@ -710,8 +776,10 @@ impl GraphConnector {
                 describe(&Method::GET, &["v1.0", "users", user_id])
             )
         };
+        let restoring = task.stage() == StageKind::Restore;
         let gone = |request: String| Evidence {
-            verified: true,
+            // Gone proves a removal, never a restore.
+            verified: !restoring,
             observed: json!({"request": request, "status": 404}),
         };
         match task.action {
@@ -733,18 +801,22 @@ impl GraphConnector {
                     }),
                 })
             }
-            Action::Disable | Action::Delete => {
+            Action::Disable | Action::Delete | Action::Enable => {
                 let select = "id,accountEnabled";
                 let Some(user) = self.user(user_id, select).await? else {
                     return Ok(gone(get(select)));
                 };
                 let enabled = user["accountEnabled"].as_bool().unwrap_or(true);
                 Ok(Evidence {
-                    verified: task.action == Action::Disable && !enabled,
+                    verified: match task.action {
+                        Action::Disable => !enabled,
+                        Action::Enable => enabled,
+                        _ => false,
+                    },
                     observed: json!({"request": get(select), "status": 200, "accountEnabled": enabled}),
                 })
             }
-            Action::RemoveEntitlement => {
+            Action::RemoveEntitlement | Action::RestoreEntitlement => {
                 let (kind, id) = self.target(task)?;
                 if kind == "license" {
                     let select = "id,assignedLicenses";
@@ -753,7 +825,7 @@ impl GraphConnector {
                     };
                     let held = has_license(&user, id);
                     return Ok(Evidence {
-                        verified: !held,
+                        verified: held == restoring,
                         observed: json!({"request": get(select), "status": 200, "license": id, "assigned": held}),
                     });
                 }
@@ -763,7 +835,7 @@ impl GraphConnector {
                 };
                 let member = groups.iter().any(|g| g.id == id);
                 Ok(Evidence {
-                    verified: !member,
+                    verified: member == restoring,
                     observed: json!({"request": request, "status": 200, "group": id, "member": member}),
                 })
             }
@@ -780,6 +852,7 @@ const SUPPORTS: &[StageKind] = &[
     StageKind::Disable,
     StageKind::Entitlements,
     StageKind::Delete,
+    StageKind::Restore,
 ];
 
 #[async_trait]
@@ -825,10 +898,15 @@ impl Connector for GraphConnector {
             let user_id = task.account.id.as_str();
             let applied = match task.action {
                 Action::RevokeSessions => self.revoke_sessions(user_id).await,
-                Action::Disable => self.disable(user_id).await,
+                Action::Disable => self.set_enabled(user_id, false).await,
+                Action::Enable => self.set_enabled(user_id, true).await,
                 Action::RemoveEntitlement => match self.target(task)? {
                     ("license", sku) => self.remove_license(sku, user_id).await,
                     (_, group) => self.remove_member(group, user_id).await,
+                },
+                Action::RestoreEntitlement => match self.target(task)? {
+                    ("license", sku) => self.add_license(sku, user_id).await,
+                    (_, group) => self.add_member(group, user_id).await,
                 },
                 Action::Delete => self.delete(user_id).await,
                 other => Err(ConnectorError::Unsupported(format!(

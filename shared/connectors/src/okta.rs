@@ -374,7 +374,7 @@ impl OktaConnector {
     fn target_group<'t>(&self, task: &'t Task) -> Result<&'t str, ConnectorError> {
         let target = task.target.as_ref().ok_or_else(|| {
             ConnectorError::Permanent(format!(
-                "task {} removes an entitlement but names no target group",
+                "task {} acts on an entitlement but names no target group",
                 task.task_id
             ))
         })?;
@@ -385,7 +385,7 @@ impl OktaConnector {
                 target.name
             ))),
             other => Err(ConnectorError::Unsupported(format!(
-                "remove a \"{other}\" entitlement (Okta groups only)"
+                "act on a \"{other}\" entitlement (Okta groups only)"
             ))),
         }
     }
@@ -479,6 +479,61 @@ impl OktaConnector {
         })
     }
 
+    /// The restore of a rehire: `POST …/lifecycle/unsuspend` for a SUSPENDED user,
+    /// `…/lifecycle/activate?sendEmail=false` for a DEPROVISIONED one (Okta answers with the
+    /// user ACTIVE, or PROVISIONED until they set a password).
+    /// <https://developer.okta.com/docs/api/openapi/okta-management/management/tag/UserLifecycle/>
+    async fn enable(&self, user_id: &str) -> Result<Applied, ConnectorError> {
+        let Some(user) = self.user(user_id).await? else {
+            return Err(ConnectorError::NotFound(format!(
+                "system \"{}\": Okta user {user_id} no longer exists, so it cannot be enabled again",
+                self.system
+            )));
+        };
+        let operation = match user["status"].as_str().unwrap_or("ACTIVE") {
+            "SUSPENDED" => "unsuspend",
+            "DEPROVISIONED" => "activate",
+            _ => return Ok(Applied::AlreadyDone),
+        };
+        let query: &[(&str, &str)] = if operation == "activate" {
+            &[("sendEmail", "false")]
+        } else {
+            &[]
+        };
+        self.call(
+            Method::POST,
+            &["api", "v1", "users", user_id, "lifecycle", operation],
+            query,
+            None,
+            &[],
+        )
+        .await?;
+        Ok(Applied::Changed)
+    }
+
+    /// `PUT /api/v1/groups/{groupId}/users/{userId}`: the restore of a removed membership.
+    /// <https://developer.okta.com/docs/api/openapi/okta-management/management/tag/Group/#tag/Group/operation/assignUserToGroup>
+    async fn add_member(&self, group_id: &str, user_id: &str) -> Result<Applied, ConnectorError> {
+        let groups = self.groups(user_id).await?.ok_or_else(|| {
+            ConnectorError::NotFound(format!(
+                "system \"{}\": Okta user {user_id} no longer exists, so it cannot be added to group {group_id} again",
+                self.system
+            ))
+        })?;
+        if groups.iter().any(|g| g["id"].as_str() == Some(group_id)) {
+            return Ok(Applied::AlreadyDone);
+        }
+        self.call(
+            Method::PUT,
+            &["api", "v1", "groups", group_id, "users", user_id],
+            &[],
+            None,
+            &[],
+        )
+        .await?;
+        Ok(Applied::Changed)
+    }
+
     /// `DELETE /api/v1/groups/{groupId}/users/{userId}`
     /// <https://developer.okta.com/docs/api/openapi/okta-management/management/tag/Group/#tag/Group/operation/unassignUserFromGroup>
     async fn remove_member(
@@ -570,14 +625,22 @@ impl OktaConnector {
                     }),
                 })
             }
-            Action::Disable | Action::Delete => {
+            Action::Disable | Action::Delete | Action::Enable => {
                 let user = self.user(user_id).await?;
                 let (verified, seen) = match &user {
-                    None => (true, json!({"request": user_request, "status": 404})),
+                    None => (
+                        task.action != Action::Enable,
+                        json!({"request": user_request, "status": 404}),
+                    ),
                     Some(user) => {
                         let status = user["status"].as_str().unwrap_or("ACTIVE");
+                        let verified = match task.action {
+                            Action::Disable => is_blocked(status),
+                            Action::Enable => !is_blocked(status),
+                            _ => false,
+                        };
                         (
-                            task.action == Action::Disable && is_blocked(status),
+                            verified,
                             json!({"request": user_request, "status": 200, "user_status": status}),
                         )
                     }
@@ -587,7 +650,7 @@ impl OktaConnector {
                     observed: seen,
                 })
             }
-            Action::RemoveEntitlement => {
+            Action::RemoveEntitlement | Action::RestoreEntitlement => {
                 let group_id = self.target_group(task)?;
                 let request = describe(&Method::GET, &["api", "v1", "users", user_id, "groups"]);
                 let groups = self.groups(user_id).await?;
@@ -595,7 +658,7 @@ impl OktaConnector {
                     groups.iter().any(|g| g["id"].as_str() == Some(group_id))
                 });
                 Ok(Evidence {
-                    verified: !member,
+                    verified: member == (task.action == Action::RestoreEntitlement),
                     observed: json!({
                         "request": request,
                         "status": if groups.is_some() { 200 } else { 404 },
@@ -617,6 +680,7 @@ const SUPPORTS: &[StageKind] = &[
     StageKind::Disable,
     StageKind::Entitlements,
     StageKind::Delete,
+    StageKind::Restore,
 ];
 
 #[async_trait]
@@ -663,6 +727,11 @@ impl Connector for OktaConnector {
                     self.remove_member(group_id, user_id).await
                 }
                 Action::Delete => self.delete(user_id).await,
+                Action::Enable => self.enable(user_id).await,
+                Action::RestoreEntitlement => {
+                    let group_id = self.target_group(task)?;
+                    self.add_member(group_id, user_id).await
+                }
                 other => Err(ConnectorError::Unsupported(format!(
                     "{} (the Okta connector has no such operation)",
                     other.as_str().replace('_', " ")

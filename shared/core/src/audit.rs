@@ -32,6 +32,12 @@ pub enum AuditKind {
     RunCancelled,
     /// The run of a rehire or cancel: which of the person's runs it stopped.
     RunsStopped,
+    /// The run waits for a person's approval, and why.
+    ApprovalRequested,
+    /// Approved or denied, by whom, and why.
+    ApprovalDecided,
+    /// Nobody decided in time: nothing was changed, the run escalates.
+    ApprovalTimedOut,
     /// The run's summary; escalations listed.
     RunFinished,
     /// The brake held a trigger back: nothing ran (the quarantine's record, and each held

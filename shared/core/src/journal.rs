@@ -153,6 +153,50 @@ pub fn runs_stopped(run_id: &str, event: &LifecycleEvent, stopped: &[String]) ->
     )
 }
 
+/// The run waits for approval until `until`.
+pub fn approval_requested(plan: &Plan, until: chrono::DateTime<chrono::Utc>) -> AuditEntry {
+    run_entry(
+        &plan.run_id,
+        &plan.event.person.id,
+        "approval:requested".into(),
+        AuditKind::ApprovalRequested,
+        json!({"reasons": plan.approval, "until": until, "tasks": plan.task_count()}),
+    )
+}
+
+/// A person approved or denied the run. One decision per run: a second one is the first
+/// one again (same key).
+pub fn approval_decided(
+    run_id: &str,
+    subject: &str,
+    approved: bool,
+    by: &str,
+    reason: &str,
+) -> AuditEntry {
+    run_entry(
+        run_id,
+        subject,
+        "approval:decided".into(),
+        AuditKind::ApprovalDecided,
+        json!({"decision": if approved { "approved" } else { "denied" }, "by": by, "reason": reason}),
+    )
+}
+
+/// Nobody approved the run before `until`.
+pub fn approval_timed_out(
+    run_id: &str,
+    subject: &str,
+    until: chrono::DateTime<chrono::Utc>,
+) -> AuditEntry {
+    run_entry(
+        run_id,
+        subject,
+        "approval:timed_out".into(),
+        AuditKind::ApprovalTimedOut,
+        json!({"until": until, "reason": "no approval before the deadline; nothing was changed"}),
+    )
+}
+
 /// The brake held a trigger back. One record in the quarantine's own chain (its run id is
 /// the quarantine id): what would have been touched and why it was held; and one in each
 /// held run's chain, so the person's history shows the run waited.
@@ -225,4 +269,21 @@ fn held_runs<'q>(
             entry.system = input.event.systems.first().cloned();
             entry
         })
+}
+
+/// A future-dated run's schedule was removed before it started: moved to a newer date by
+/// another run, or cancelled by a rehire or cancel. The run never ran; this is its trail.
+pub fn schedule_removed(
+    run_id: &str,
+    subject: &str,
+    start_at: chrono::DateTime<chrono::FixedOffset>,
+    reason: &str,
+) -> AuditEntry {
+    run_entry(
+        run_id,
+        subject,
+        "schedule:removed".into(),
+        AuditKind::RunCancelled,
+        json!({"schedule": "removed", "start_at": start_at, "reason": reason}),
+    )
 }

@@ -3,7 +3,7 @@
 //! when an event waits for its effective time.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, FixedOffset, Utc};
 
 use crate::event::{EventKind, LifecycleEvent};
 use crate::flow::RunInput;
@@ -14,11 +14,32 @@ pub const SCHEDULE_THRESHOLD: Duration = Duration::seconds(60);
 
 /// When a run for `event` should start, if not now: leavers whose last day is ahead keep
 /// their access until then. Other kinds (a transfer, a rehire, a cancel) take effect when
-/// they arrive; the plan's `not_before` delays what must wait.
-pub fn start_at(event: &LifecycleEvent, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    let at = event.effective_at.with_timezone(&Utc);
-    let waits = matches!(event.kind, EventKind::Termination | EventKind::ContractEnd);
-    (waits && at > now + SCHEDULE_THRESHOLD).then_some(at)
+/// they arrive; the plan's `not_before` delays what must wait. The time keeps the offset
+/// the sender gave, so what is stored and answered reads as the HR system wrote it.
+pub fn start_at(event: &LifecycleEvent, now: DateTime<Utc>) -> Option<DateTime<FixedOffset>> {
+    let at = event.effective_at;
+    (ends_employment(event.kind) && at.with_timezone(&Utc) > now + SCHEDULE_THRESHOLD).then_some(at)
+}
+
+/// Kinds that end a person's employment: they wait for their effective time.
+pub fn ends_employment(kind: EventKind) -> bool {
+    matches!(kind, EventKind::Termination | EventKind::ContractEnd)
+}
+
+/// Whether an event of this kind replaces the person's pending scheduled runs: a newer
+/// termination moves them (an HR correction of the last day), a rehire or a cancel
+/// removes them.
+pub fn supersedes_schedules(kind: EventKind) -> bool {
+    ends_employment(kind) || kind.stops_pending_runs()
+}
+
+/// A run waiting for its start time.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PendingRun {
+    pub run_id: String,
+    pub person_id: String,
+    /// As the event gave it, offset included.
+    pub start_at: DateTime<FixedOffset>,
 }
 
 /// What starting a run's execution came to.
@@ -51,9 +72,17 @@ pub trait RunScheduler: Send + Sync {
         &self,
         run_id: &str,
         person_id: &str,
-        at: DateTime<Utc>,
+        at: DateTime<FixedOffset>,
         input: &RunInput,
     ) -> Result<(), LaunchError>;
+    /// The person's runs still waiting for their start time.
+    async fn pending_for(&self, person_id: &str) -> Result<Vec<PendingRun>, LaunchError>;
+    /// Removes a pending run's schedule and records why (`reason`), so the run does not
+    /// start and a later delivery of its event does not schedule it again. Removing a
+    /// schedule that is gone already is success.
+    async fn unschedule(&self, run_id: &str, reason: &str) -> Result<(), LaunchError>;
+    /// Why the run's schedule was removed, if it was.
+    async fn removed(&self, run_id: &str) -> Result<Option<String>, LaunchError>;
 }
 
 /// Stops runs: a rehire or cancel ends the person's open executions before anything more
@@ -78,9 +107,11 @@ mod fake {
     #[derive(Default)]
     struct State {
         started: BTreeMap<String, RunInput>,
-        scheduled: BTreeMap<String, (DateTime<Utc>, RunInput)>,
+        scheduled: BTreeMap<String, (DateTime<FixedOffset>, RunInput)>,
+        removed: BTreeMap<String, String>,
         stopped: BTreeMap<String, String>,
         start_calls: usize,
+        schedule_calls: usize,
         failures: usize,
     }
 
@@ -114,8 +145,8 @@ mod fake {
                 .unwrap_or_default()
         }
 
-        /// The runs scheduled, by run id.
-        pub fn scheduled(&self) -> BTreeMap<String, (DateTime<Utc>, RunInput)> {
+        /// The runs scheduled and still pending, by run id.
+        pub fn scheduled(&self) -> BTreeMap<String, (DateTime<FixedOffset>, RunInput)> {
             self.state
                 .lock()
                 .map(|state| state.scheduled.clone())
@@ -128,6 +159,22 @@ mod fake {
                 .lock()
                 .map(|state| state.stopped.clone())
                 .unwrap_or_default()
+        }
+
+        /// The schedules removed, by run id, with the reason recorded.
+        pub fn removed_schedules(&self) -> BTreeMap<String, String> {
+            self.state
+                .lock()
+                .map(|state| state.removed.clone())
+                .unwrap_or_default()
+        }
+
+        /// How many schedules were asked for, failed ones included.
+        pub fn schedule_calls(&self) -> usize {
+            self.state
+                .lock()
+                .map(|state| state.schedule_calls)
+                .unwrap_or(0)
         }
 
         /// How many starts were asked for, failed ones included.
@@ -182,16 +229,44 @@ mod fake {
             &self,
             run_id: &str,
             _person_id: &str,
-            at: DateTime<Utc>,
+            at: DateTime<FixedOffset>,
             input: &RunInput,
         ) -> Result<(), LaunchError> {
             let mut state = self.state()?;
+            state.schedule_calls += 1;
             fail(&mut state, "CreateSchedule")?;
             state
                 .scheduled
                 .entry(run_id.to_string())
                 .or_insert_with(|| (at, input.clone()));
             Ok(())
+        }
+
+        async fn pending_for(&self, person_id: &str) -> Result<Vec<PendingRun>, LaunchError> {
+            let state = self.state()?;
+            Ok(state
+                .scheduled
+                .iter()
+                .filter(|(_, (_, input))| input.event.person.id == person_id)
+                .map(|(run_id, (at, input))| PendingRun {
+                    run_id: run_id.clone(),
+                    person_id: input.event.person.id.clone(),
+                    start_at: *at,
+                })
+                .collect())
+        }
+
+        async fn unschedule(&self, run_id: &str, reason: &str) -> Result<(), LaunchError> {
+            let mut state = self.state()?;
+            fail(&mut state, "DeleteSchedule")?;
+            if state.scheduled.remove(run_id).is_some() {
+                state.removed.insert(run_id.to_string(), reason.to_string());
+            }
+            Ok(())
+        }
+
+        async fn removed(&self, run_id: &str) -> Result<Option<String>, LaunchError> {
+            Ok(self.state()?.removed.get(run_id).cloned())
         }
     }
 }
@@ -204,13 +279,14 @@ mod tests {
     #[test]
     fn only_leavers_effective_beyond_a_minute_wait() {
         let mut event = sample_event();
-        let at = event.effective_at.with_timezone(&Utc);
-        assert_eq!(start_at(&event, at - Duration::days(3)), Some(at));
+        let given = event.effective_at;
+        let at = given.with_timezone(&Utc);
+        assert_eq!(start_at(&event, at - Duration::days(3)), Some(given));
         assert_eq!(start_at(&event, at - Duration::seconds(30)), None);
         assert_eq!(start_at(&event, at + Duration::days(1)), None);
         event.kind = EventKind::ContractEnd;
         event.termination_type = None;
-        assert_eq!(start_at(&event, at - Duration::days(3)), Some(at));
+        assert_eq!(start_at(&event, at - Duration::days(3)), Some(given));
         event.kind = EventKind::Transfer;
         assert_eq!(start_at(&event, at - Duration::days(3)), None);
     }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod event;
 pub mod flow;
 pub mod ids;
+pub mod intake;
 pub mod journal;
 pub mod launch;
 pub mod people;

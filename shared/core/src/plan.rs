@@ -185,6 +185,10 @@ pub struct Plan {
     /// The runs this run stopped (a rehire's or cancel's), whose work it restores.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stops: Vec<String>,
+    /// Why this run waits for a person's approval before its first stage (the scenario or
+    /// a system it changes is marked `approval = true`); empty when it does not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approval: Vec<String>,
 }
 
 impl Plan {
@@ -460,7 +464,25 @@ pub fn build_plan(
         });
     }
 
+    let mut approval = Vec::new();
+    if scenario.approval && !tasks.is_empty() {
+        approval.push(format!(
+            "scenario \"{scenario_name}\" is marked approval = true"
+        ));
+    }
+    let changed: BTreeSet<&str> = tasks.iter().map(|task| task.system.as_str()).collect();
+    for system in changed {
+        if policy
+            .systems
+            .get(system)
+            .is_some_and(|config| config.approval)
+        {
+            approval.push(format!("system \"{system}\" is marked approval = true"));
+        }
+    }
+
     Ok(Plan {
+        approval,
         run_id,
         event: event.clone(),
         scenario: scenario_name.to_string(),

@@ -65,6 +65,9 @@ pub struct SystemConfig {
     /// This system's inactivity threshold for the sweep; `[sweep] inactive_after` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inactive_after: Option<HumanDuration>,
+    /// A run that would change this system waits for a person's approval first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approval: bool,
     /// This system's brake: `[limits] max_accounts` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_accounts: Option<u32>,
@@ -89,6 +92,9 @@ pub struct Scenario {
     /// Per-system stage lists; an empty list leaves that system alone.
     #[serde(default)]
     pub overrides: BTreeMap<String, Override>,
+    /// Every run of this scenario waits for a person's approval first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approval: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -287,6 +293,29 @@ pub struct Policy {
     pub sweep: Sweep,
     #[serde(default)]
     pub restore: Restore,
+    #[serde(default)]
+    pub approvals: Approvals,
+}
+
+/// Runs that wait for a person's approval (scenarios or systems with `approval = true`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approvals {
+    /// An approval not given within this long escalates the run; nothing is changed.
+    #[serde(default = "default_approval_timeout")]
+    pub timeout: HumanDuration,
+}
+
+fn default_approval_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(72 * 3600))
+}
+
+impl Default for Approvals {
+    fn default() -> Self {
+        Approvals {
+            timeout: default_approval_timeout(),
+        }
+    }
 }
 
 /// Whether a rehire or a cancel, after stopping the person's pending stages, restores what

@@ -43,6 +43,8 @@ pub enum RunStatus {
     Refused,
     /// Planned and recorded as a dry run; nothing ran.
     DryRun,
+    /// Planned; waits for a person's approval (until `wake_at`, then it escalates).
+    AwaitingApproval,
 }
 
 impl RunStatus {
@@ -55,6 +57,7 @@ impl RunStatus {
             RunStatus::Cancelled => "cancelled",
             RunStatus::Refused => "refused",
             RunStatus::DryRun => "dry_run",
+            RunStatus::AwaitingApproval => "awaiting_approval",
         }
     }
 
@@ -67,24 +70,35 @@ impl RunStatus {
             RunStatus::Cancelled,
             RunStatus::Refused,
             RunStatus::DryRun,
+            RunStatus::AwaitingApproval,
         ]
         .into_iter()
         .find(|status| status.as_str() == name)
     }
 
-    /// Whether a run in this state has work at `now`: an interrupted running one, or a
-    /// waiting one whose next stage came due.
+    /// Whether a run in this state has work at `now`: an interrupted running one, a
+    /// waiting one whose next stage came due, or one whose approval did not come in time.
     pub fn is_due(self, wake_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
         match self {
             RunStatus::Running => true,
-            RunStatus::Waiting => wake_at.is_none_or(|at| at <= now),
+            RunStatus::Waiting | RunStatus::AwaitingApproval => wake_at.is_none_or(|at| at <= now),
             _ => false,
         }
     }
 
     pub fn is_finished(self) -> bool {
-        !matches!(self, RunStatus::Running | RunStatus::Waiting)
+        !matches!(
+            self,
+            RunStatus::Running | RunStatus::Waiting | RunStatus::AwaitingApproval
+        )
     }
+
+    /// The states a run can still move on from.
+    pub const OPEN: [RunStatus; 3] = [
+        RunStatus::Running,
+        RunStatus::Waiting,
+        RunStatus::AwaitingApproval,
+    ];
 }
 
 /// A run as stored (`RUN#<run_id>`).

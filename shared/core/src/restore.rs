@@ -216,6 +216,8 @@ fn undo(
         skipped,
         unreachable: Vec::new(),
         stops: stopped.iter().map(|run| run.plan.run_id.clone()).collect(),
+        // Putting back what a person had is never held for approval.
+        approval: Vec::new(),
     }
 }
 

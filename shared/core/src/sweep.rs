@@ -658,6 +658,7 @@ mod tests {
                 stages: vec![crate::plan::StageKind::Disable],
                 delays: BTreeMap::new(),
                 overrides: BTreeMap::new(),
+                approval: false,
             },
         );
         policy.sweep.max_runs_per_sweep = 100;

@@ -81,6 +81,9 @@ pub enum EngineError {
     Plan(#[from] PlanError),
     #[error("system \"{0}\" has no connector")]
     NoConnector(String),
+    /// An approval or denial that cannot be taken.
+    #[error("{0}")]
+    Decision(String),
 }
 
 /// Tuning of the in-process runtime.
@@ -279,15 +282,24 @@ impl Engine {
         };
         inner.audit.append(journal::plan_recorded(&plan)).await?;
         let now = inner.clock.now();
+        // A run held for approval waits until its deadline, then escalates.
+        let approval_deadline = (!plan.approval.is_empty()).then(|| {
+            now + chrono::Duration::from_std(inner.policy.approvals.timeout.0)
+                .unwrap_or(chrono::Duration::MAX)
+        });
         inner
             .store
             .put_run(&RunRecord {
                 run_id: run_id.clone(),
                 person_id: event.person.id.clone(),
-                status: RunStatus::Running,
+                status: if approval_deadline.is_some() {
+                    RunStatus::AwaitingApproval
+                } else {
+                    RunStatus::Running
+                },
                 plan: plan.clone(),
                 next_stage: 0,
-                wake_at: None,
+                wake_at: approval_deadline,
                 created_at: now,
                 updated_at: now,
             })
@@ -305,6 +317,59 @@ impl Engine {
     /// Continues one run as far as it can go now.
     pub async fn drive(&self, run_id: &str) -> Result<RunReport, EngineError> {
         self.inner.drive(run_id).await
+    }
+
+    /// A person's decision on a run held for approval: approved, it runs now; denied, its
+    /// tasks are cancelled and nothing is changed. Either way the trail says who and why.
+    pub async fn decide(
+        &self,
+        run_id: &str,
+        approved: bool,
+        by: &str,
+        reason: &str,
+    ) -> Result<RunReport, EngineError> {
+        let inner = &self.inner;
+        if by.trim().is_empty() || reason.trim().is_empty() {
+            return Err(EngineError::Decision(
+                "say who decides (--by) and why (--reason): both go into the audit trail".into(),
+            ));
+        }
+        let mut run = inner
+            .store
+            .get_run(run_id)
+            .await?
+            .ok_or_else(|| StoreError::UnknownRun(run_id.to_string()))?;
+        if run.status != RunStatus::AwaitingApproval {
+            return Err(EngineError::Decision(format!(
+                "run {run_id} is {}, not awaiting approval",
+                run.status.as_str()
+            )));
+        }
+        inner
+            .audit
+            .append(journal::approval_decided(
+                run_id,
+                &run.person_id,
+                approved,
+                by,
+                reason,
+            ))
+            .await?;
+        if approved {
+            run.status = RunStatus::Running;
+            run.wake_at = None;
+            run.updated_at = inner.clock.now();
+            inner.store.put_run(&run).await?;
+            return inner.drive(run_id).await;
+        }
+        inner
+            .cancel_all(
+                &mut run,
+                &format!("denied by {by}: {reason}"),
+                RunStatus::Cancelled,
+            )
+            .await?;
+        inner.drive(run_id).await
     }
 
     /// Continues every run that has work now: interrupted ones and delayed stages that
@@ -342,7 +407,31 @@ impl Inner {
             .get_run(run_id)
             .await?
             .ok_or_else(|| StoreError::UnknownRun(run_id.to_string()))?;
-        while !run.status.is_finished() {
+        if run.status == RunStatus::AwaitingApproval {
+            let until = run.wake_at.unwrap_or(run.updated_at);
+            if until <= self.clock.now() {
+                self.audit
+                    .append(journal::approval_timed_out(
+                        &run.run_id,
+                        &run.person_id,
+                        until,
+                    ))
+                    .await?;
+                self.cancel_all(
+                    &mut run,
+                    "no approval before the deadline",
+                    RunStatus::Running,
+                )
+                .await?;
+                self.finish(&mut run).await?;
+            } else {
+                // Written once (same key) even when a crash came between plan and request.
+                self.audit
+                    .append(journal::approval_requested(&run.plan, until))
+                    .await?;
+            }
+        }
+        while matches!(run.status, RunStatus::Running | RunStatus::Waiting) {
             let Some(stage) = run.plan.stages.get(run.next_stage).cloned() else {
                 self.finish(&mut run).await?;
                 break;
@@ -405,7 +494,9 @@ impl Inner {
             run_id: run.run_id.clone(),
             status: run.status,
             duplicate: false,
-            wake_at: run.wake_at.filter(|_| run.status == RunStatus::Waiting),
+            wake_at: run
+                .wake_at
+                .filter(|_| matches!(run.status, RunStatus::Waiting | RunStatus::AwaitingApproval)),
             plan: Some(run.plan),
             outcomes,
             refused: None,
@@ -633,6 +724,28 @@ impl Inner {
             run_id: run.run_id.clone(),
             status,
         });
+        Ok(())
+    }
+
+    /// Records every task of `run` cancelled (`why`) and leaves the run in `status`.
+    async fn cancel_all(
+        &self,
+        run: &mut RunRecord,
+        why: &str,
+        status: RunStatus,
+    ) -> Result<(), EngineError> {
+        for task in run.plan.tasks() {
+            worker::record(
+                self.store.as_ref(),
+                self.audit.as_ref(),
+                &worker::cancelled(task, why),
+            )
+            .await?;
+        }
+        run.status = status;
+        run.wake_at = None;
+        run.updated_at = self.clock.now();
+        self.store.put_run(run).await?;
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 pub mod engine;
 mod people_store;
 pub mod queue;
+pub mod schedules;
 pub mod secrets;
 pub mod store;
 pub mod sweep;
@@ -12,5 +13,6 @@ pub mod sweep;
 pub use deprov_connectors::discover;
 pub use engine::{Engine, EngineError, EngineOptions, Progress, RunReport};
 pub use queue::LocalQueue;
+pub use schedules::SqliteSchedules;
 pub use secrets::LocalSecrets;
 pub use store::SqliteStore;

@@ -187,7 +187,10 @@ mod tests {
         earlier.as_of -= chrono::Duration::days(30);
         earlier.inactive_from = None;
         store.record_person(&earlier).await.expect("record");
-        assert_eq!(store.people().await.expect("people"), [left]);
+        assert_eq!(
+            store.people().await.expect("people"),
+            std::slice::from_ref(&left)
+        );
 
         let quarantine = Quarantine::new(
             Trigger::Sweep,

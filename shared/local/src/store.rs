@@ -499,7 +499,7 @@ fn run_status(tx: &Transaction<'_>, run_id: &str) -> Result<Option<RunStatus>, S
 fn due_runs(tx: &Transaction<'_>, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
     let mut statement = tx
         .prepare_cached(
-            "SELECT run_id, status, wake_at FROM runs WHERE status IN ('running', 'waiting') ORDER BY run_id",
+            "SELECT run_id, status, wake_at FROM runs WHERE status IN ('running', 'waiting', 'awaiting_approval') ORDER BY run_id",
         )
         .map_err(backend)?;
     let rows = statement
@@ -527,7 +527,7 @@ fn due_runs(tx: &Transaction<'_>, now: DateTime<Utc>) -> Result<Vec<String>, Sto
 fn open_runs_for(tx: &Transaction<'_>, person_id: &str) -> Result<Vec<RunRecord>, StoreError> {
     let mut statement = tx
         .prepare_cached(&format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE person_id = ?1 AND status IN ('running', 'waiting') ORDER BY run_id"
+            "SELECT {RUN_COLUMNS} FROM runs WHERE person_id = ?1 AND status IN ('running', 'waiting', 'awaiting_approval') ORDER BY run_id"
         ))
         .map_err(backend)?;
     let rows = statement

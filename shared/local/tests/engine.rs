@@ -357,3 +357,102 @@ async fn a_crash_between_apply_and_record_never_applies_twice() {
     assert_eq!(crm.changes(), changes_before + 2);
     assert!(path.join("deprov.db").exists());
 }
+
+fn approval_policy() -> Policy {
+    let mut policy = fast_policy();
+    policy.systems.get_mut("crm").unwrap().approval = true;
+    policy
+}
+
+#[tokio::test]
+async fn a_run_held_for_approval_changes_nothing_until_approved() {
+    let rig = rig(approval_policy());
+    let held = rig.engine.submit(&sample_event()).await.unwrap();
+    assert_eq!(held.status, RunStatus::AwaitingApproval);
+    assert!(held.outcomes.is_empty());
+    assert!(held.plan.as_ref().unwrap().approval[0].contains("crm"));
+    assert_eq!(rig.crm.changes(), 0);
+    // Resuming before the deadline does nothing either.
+    rig.clock.advance(Days::hours(1));
+    assert!(rig.engine.resume_due().await.unwrap().is_empty());
+    assert_eq!(rig.crm.changes(), 0);
+
+    // A decision needs a name and a reason.
+    assert!(rig
+        .engine
+        .decide(&held.run_id, true, "", "ok")
+        .await
+        .is_err());
+    let approved = rig
+        .engine
+        .decide(&held.run_id, true, "it-lead@example.com", "ticket IT-42")
+        .await
+        .unwrap();
+    assert_eq!(
+        approved.status,
+        RunStatus::Waiting,
+        "the delete stays delayed"
+    );
+    assert!(!rig.crm.account("42").unwrap().active);
+    // A second decision is refused: the run is no longer awaiting one.
+    assert!(rig
+        .engine
+        .decide(&held.run_id, false, "someone", "too late")
+        .await
+        .is_err());
+    chain_ok(&rig.store, &held.run_id).await;
+    let kinds: Vec<AuditKind> = rig
+        .store
+        .records(&held.run_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.body.kind)
+        .collect();
+    assert_eq!(
+        &kinds[..3],
+        [
+            AuditKind::PlanRecorded,
+            AuditKind::ApprovalRequested,
+            AuditKind::ApprovalDecided
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_denied_run_is_cancelled_and_an_unanswered_one_escalates_at_the_deadline() {
+    let rig = rig(approval_policy());
+    let denied = rig.engine.submit(&sample_event()).await.unwrap();
+    let report = rig
+        .engine
+        .decide(&denied.run_id, false, "ciso@example.com", "wrong person")
+        .await
+        .unwrap();
+    assert_eq!(report.status, RunStatus::Cancelled);
+    assert!(report
+        .outcomes
+        .iter()
+        .all(|o| o.status == TaskStatus::Cancelled));
+    assert_eq!(rig.crm.changes(), 0);
+    chain_ok(&rig.store, &denied.run_id).await;
+
+    let mut other = sample_event();
+    other.event_id = "hr-unanswered".into();
+    let held = rig.engine.submit(&other).await.unwrap();
+    rig.clock.advance(Days::hours(73));
+    let reports = rig.engine.resume_due().await.unwrap();
+    let timed_out = reports.iter().find(|r| r.run_id == held.run_id).unwrap();
+    assert_eq!(timed_out.status, RunStatus::Escalated);
+    assert_eq!(rig.crm.changes(), 0, "nothing changed without approval");
+    let kinds: Vec<AuditKind> = rig
+        .store
+        .records(&held.run_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.body.kind)
+        .collect();
+    assert!(kinds.contains(&AuditKind::ApprovalTimedOut));
+    assert_eq!(kinds.last(), Some(&AuditKind::RunFinished));
+    chain_ok(&rig.store, &held.run_id).await;
+}

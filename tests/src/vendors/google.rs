@@ -753,6 +753,37 @@ fn route(state: &mut State, request: &Request, seg: &[&str]) -> ResponseTemplate
                 not_found("memberKey")
             }
         }
+        // https://developers.google.com/admin-sdk/directory/reference/rest/v1/members/insert
+        ("POST", ["admin", "directory", "v1", "groups", group, "members"]) => {
+            let Ok(body) = serde_json::from_slice::<Value>(&request.body) else {
+                return error(400, "parseError", "Parse Error");
+            };
+            let Some(group_id) = find_group(state, group) else {
+                return not_found("groupKey");
+            };
+            let key = body["id"]
+                .as_str()
+                .or_else(|| body["email"].as_str())
+                .unwrap_or_default();
+            let Some(user_id) = find_user(state, key).map(|u| u.id.clone()) else {
+                return error(404, "notFound", "Resource Not Found: memberKey");
+            };
+            let added = state
+                .groups
+                .get_mut(&group_id)
+                .is_some_and(|g| g.members.insert(user_id.clone()));
+            if added {
+                ResponseTemplate::new(200).set_body_json(json!({
+                    "kind": "admin#directory#member",
+                    "id": user_id,
+                    "role": body["role"].as_str().unwrap_or("MEMBER"),
+                    "type": "USER",
+                    "status": "ACTIVE",
+                }))
+            } else {
+                error(409, "duplicate", "Member already exists.")
+            }
+        }
         // https://developers.google.com/admin-sdk/directory/reference/rest/v1/members/hasMember
         ("GET", ["admin", "directory", "v1", "groups", group, "hasMember", member]) => {
             let Some(group_id) = find_group(state, group) else {

@@ -531,6 +531,44 @@ impl GraphMock {
             .mount(&self.server)
             .await;
 
+        // Add a group member: 204; 400 when the reference exists already.
+        // https://learn.microsoft.com/en-us/graph/api/group-post-members?view=graph-rest-1.0
+        Mock::given(method("POST"))
+            .and(path_regex(r"^/v1\.0/groups/[^/]+/members/\$ref$"))
+            .respond_with(self.route(|state, _, request, seg| {
+                let body: Value = request.body_json().unwrap_or(Value::Null);
+                let Some(member) = body["@odata.id"]
+                    .as_str()
+                    .and_then(|id| id.rsplit('/').next())
+                    .map(str::to_string)
+                else {
+                    return graph_error(
+                        400,
+                        "Request_BadRequest",
+                        "Invalid value specified for property '@odata.id'.",
+                    );
+                };
+                if !state.users.contains_key(&member) {
+                    return not_found(&member);
+                }
+                match state.groups.get_mut(seg[2]) {
+                    None => not_found(seg[2]),
+                    Some(group) => {
+                        if group.members.insert(member) {
+                            ResponseTemplate::new(204)
+                        } else {
+                            graph_error(
+                                400,
+                                "Request_BadRequest",
+                                "One or more added object references already exist for the following modified properties: 'members'.",
+                            )
+                        }
+                    }
+                }
+            }))
+            .mount(&self.server)
+            .await;
+
         // assignLicense: both addLicenses and removeLicenses are required; 200 with the user.
         // https://learn.microsoft.com/en-us/graph/api/user-assignlicense?view=graph-rest-1.0
         Mock::given(method("POST"))

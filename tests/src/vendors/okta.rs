@@ -457,6 +457,76 @@ impl OktaMock {
             .mount(&self.server)
             .await;
 
+        // Unsuspend: only from SUSPENDED; 200 with an empty object.
+        // https://developer.okta.com/docs/api/openapi/okta-management/management/tag/UserLifecycle/#tag/UserLifecycle/operation/unsuspendUser
+        Mock::given(method("POST"))
+            .and(path_regex(r"^/api/v1/users/[^/]+/lifecycle/unsuspend$"))
+            .respond_with(
+                self.route(|state, _, _, seg| match state.users.get_mut(seg[3]) {
+                    None => not_found(),
+                    Some(user) if user.status != "SUSPENDED" => error(
+                        400,
+                        "E0000001",
+                        "Api validation failed: Cannot unsuspend a user that is not suspended",
+                    ),
+                    Some(user) => {
+                        user.status = "ACTIVE".into();
+                        ResponseTemplate::new(200).set_body_json(json!({}))
+                    }
+                }),
+            )
+            .mount(&self.server)
+            .await;
+
+        // Activate: from STAGED or DEPROVISIONED; with sendEmail=false the answer carries the
+        // activation link. These users have passwords, so they come back ACTIVE.
+        // https://developer.okta.com/docs/api/openapi/okta-management/management/tag/UserLifecycle/#tag/UserLifecycle/operation/activateUser
+        Mock::given(method("POST"))
+            .and(path_regex(r"^/api/v1/users/[^/]+/lifecycle/activate$"))
+            .respond_with(self.route(|state, base, request, seg| {
+                let send_email = query(request, "sendEmail");
+                match state.users.get_mut(seg[3]) {
+                    None => not_found(),
+                    Some(user) if user.status == "ACTIVE" => error(
+                        403,
+                        "E0000016",
+                        "Activation failed because the user is already active",
+                    ),
+                    Some(user) => {
+                        user.status = "ACTIVE".into();
+                        if send_email.as_deref() == Some("false") {
+                            ResponseTemplate::new(200).set_body_json(json!({
+                                "activationUrl": format!("{base}/welcome/XE6wE17zmphl3KqAPFxO"),
+                                "activationToken": "XE6wE17zmphl3KqAPFxO",
+                            }))
+                        } else {
+                            ResponseTemplate::new(200).set_body_json(json!({}))
+                        }
+                    }
+                }
+            }))
+            .mount(&self.server)
+            .await;
+
+        // Assign a user to a group: 204 (also when a member already).
+        // https://developer.okta.com/docs/api/openapi/okta-management/management/tag/Group/#tag/Group/operation/assignUserToGroup
+        Mock::given(method("PUT"))
+            .and(path_regex(r"^/api/v1/groups/[^/]+/users/[^/]+$"))
+            .respond_with(self.route(|state, _, _, seg| {
+                if !state.users.contains_key(seg[5]) {
+                    return not_found();
+                }
+                match state.groups.get_mut(seg[3]) {
+                    None => error(404, "E0000007", "Not found: Resource not found: (Group)"),
+                    Some(group) => {
+                        group.members.insert(seg[5].to_string());
+                        ResponseTemplate::new(204)
+                    }
+                }
+            }))
+            .mount(&self.server)
+            .await;
+
         // Unassign a user from a group: 204 (also when not a member).
         // https://developer.okta.com/docs/api/openapi/okta-management/management/tag/Group/#tag/Group/operation/unassignUserFromGroup
         Mock::given(method("DELETE"))
