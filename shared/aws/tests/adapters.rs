@@ -460,3 +460,89 @@ stages = ["disable"]
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_keeps_people_and_quarantines_with_the_first_decision() {
+    use deprov_core::brake::Trigger;
+    use deprov_core::flow::RunInput;
+    use deprov_core::people::PersonRecord;
+    use deprov_core::ports::Decided;
+    use deprov_core::quarantine::{Decision, Quarantine, QuarantineStatus};
+
+    let moto = moto().await;
+    let config = sdk(&moto).await;
+    let (store, _) = stores(&config, "people").await;
+
+    // A late, older event does not overwrite the newer record.
+    let event = sample_event();
+    let left = PersonRecord::from_event(&event).unwrap_or_else(|| panic!("an HR event"));
+    store
+        .record_person(&left)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut older = left.clone();
+    older.as_of -= chrono::Duration::days(3);
+    older.inactive_from = None;
+    store
+        .record_person(&older)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        store.people().await.unwrap_or_else(|e| panic!("{e}")),
+        [left]
+    );
+
+    // Held runs are stored beside the quarantine, in order.
+    let runs: Vec<RunInput> = (0..30)
+        .map(|n| {
+            let mut event = sample_event();
+            event.event_id = format!("hr-{n:03}");
+            RunInput {
+                event,
+                dry_run: false,
+            }
+        })
+        .collect();
+    let now = Utc::now().trunc_subsecs(3);
+    let held = Quarantine::new(Trigger::Sweep, "v1", Vec::new(), Vec::new(), runs, now);
+    let id = held.quarantine_id.clone();
+    let stored = store
+        .put_quarantine(&held)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(stored, held);
+    let read = store
+        .get_quarantine(&id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(read.as_ref(), Some(&held));
+    let decision =
+        Decision::new("grace", "checked the list", now).unwrap_or_else(|e| panic!("{e}"));
+    let denied = store
+        .decide_quarantine(&id, QuarantineStatus::Denied, &decision)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(denied, Decided::Now(q) if q.status == QuarantineStatus::Denied));
+    let again = store
+        .decide_quarantine(&id, QuarantineStatus::Approved, &decision)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        matches!(again, Decided::Before(q) if q.status == QuarantineStatus::Denied && q.runs.len() == 30)
+    );
+    // Holding it again (a retried sweep) does not reopen it.
+    let put_again = store
+        .put_quarantine(&held)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(put_again.status, QuarantineStatus::Denied);
+    let all = store.quarantines().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        store
+            .decide_quarantine("q-none", QuarantineStatus::Approved, &decision)
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        Decided::Unknown
+    );
+}
