@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_iam::config::http::HttpResponse;
-use aws_sdk_iam::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_iam::types::StatusType;
 use aws_sdk_iam::Client;
 use chrono::{DateTime, Utc};
@@ -51,7 +51,7 @@ use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 
-use crate::aws_sdk::{self, ACCESS_KEY_FIELD, SECRET_KEY_FIELD};
+use crate::aws_sdk::{self, list_all, ACCESS_KEY_FIELD, SECRET_KEY_FIELD};
 use crate::http;
 
 const KEYS: &[&str] = &[
@@ -229,11 +229,12 @@ fn is_virtual_mfa(serial: &str) -> bool {
     serial.starts_with("arn:") && serial.contains(":mfa/")
 }
 
-/// An SDK failure, or the thing asked about does not exist.
-enum Failure {
-    NoSuchEntity,
-    Error(ConnectorError),
-}
+const IAM: aws_sdk::Service = aws_sdk::Service {
+    name: "IAM",
+    not_found: &["NoSuchEntity", "NoSuchEntityException"],
+    server_failure: &["ServiceFailure", "ServiceUnavailable", "InternalFailure"],
+    conflict: &["ConcurrentModification", "ConcurrentModificationException"],
+};
 
 /// Everything about one user that deprov acts on.
 #[derive(Debug, Default)]
@@ -341,13 +342,6 @@ impl std::fmt::Debug for AwsIamConnector {
     }
 }
 
-/// A paginated list call: every page's items, or the SDK error.
-macro_rules! list_all {
-    ($builder:expr) => {
-        $builder.into_paginator().items().send().try_collect().await
-    };
-}
-
 impl AwsIamConnector {
     /// Builds the connector; the secret is read and the client made at first use.
     pub fn from_config(
@@ -396,92 +390,6 @@ impl AwsIamConnector {
             .await
     }
 
-    /// Maps an SDK error onto what the orchestrator acts on.
-    fn failure<E>(&self, request: &str, user: &str, err: SdkError<E, HttpResponse>) -> Failure
-    where
-        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    {
-        let system = &self.system;
-        let code = err.code().unwrap_or_default().to_string();
-        let detail = err.message().map(http::snippet).unwrap_or_default();
-        let status = match &err {
-            SdkError::ServiceError(context) => Some(context.raw().status().as_u16()),
-            SdkError::ResponseError(context) => Some(context.raw().status().as_u16()),
-            _ => None,
-        };
-        let error = match (&err, code.as_str()) {
-            (_, "NoSuchEntity" | "NoSuchEntityException") => return Failure::NoSuchEntity,
-            (
-                _,
-                "Throttling" | "ThrottlingException" | "RequestLimitExceeded"
-                | "TooManyRequestsException",
-            ) => ConnectorError::Throttled {
-                retry_after: None,
-                message: format!(
-                    "system \"{system}\": IAM throttled {request} for user \"{user}\" ({code}: {detail})"
-                ),
-            },
-            (
-                _,
-                "InvalidClientTokenId" | "SignatureDoesNotMatch" | "UnrecognizedClientException"
-                | "ExpiredToken" | "ExpiredTokenException" | "InvalidAccessKeyId"
-                | "MissingAuthenticationToken" | "IncompleteSignature",
-            ) => ConnectorError::Unauthorized(format!(
-                "system \"{system}\": AWS refused {} ({code} on {request}); rotate or fix it",
-                self.credential_source()
-            )),
-            (_, "AccessDenied" | "AccessDeniedException") => {
-                ConnectorError::Unauthorized(format!(
-                    "system \"{system}\": AWS denied {request} to {} ({code}: {detail}); grant it iam:{request} on the users deprov manages",
-                    self.credential_source()
-                ))
-            }
-            (SdkError::TimeoutError(_), _) => ConnectorError::Transient(format!(
-                "system \"{system}\": {request} for user \"{user}\" timed out"
-            )),
-            (SdkError::DispatchFailure(_) | SdkError::ResponseError(_), _) => {
-                ConnectorError::Transient(format!(
-                    "system \"{system}\": {request} for user \"{user}\" failed in transit: {}",
-                    DisplayErrorContext(&err)
-                ))
-            }
-            (SdkError::ConstructionFailure(_), _) => ConnectorError::Permanent(format!(
-                "system \"{system}\": {request} for user \"{user}\" could not be built (check {}): {}",
-                self.credential_source(),
-                DisplayErrorContext(&err)
-            )),
-            (_, "ServiceFailure" | "ServiceUnavailable" | "InternalFailure") => {
-                ConnectorError::Transient(format!(
-                    "system \"{system}\": IAM failed {request} for user \"{user}\" ({code}: {detail})"
-                ))
-            }
-            // An error body the SDK could not read: the status says enough.
-            (_, "") if status == Some(403) => ConnectorError::Unauthorized(format!(
-                "system \"{system}\": AWS refused {request} with HTTP 403 to {}; rotate or fix it, or grant it iam:{request}",
-                self.credential_source()
-            )),
-            (_, "") if status == Some(429) => ConnectorError::Throttled {
-                retry_after: None,
-                message: format!(
-                    "system \"{system}\": IAM throttled {request} for user \"{user}\" (HTTP 429)"
-                ),
-            },
-            _ if status.is_some_and(|s| s >= 500) => ConnectorError::Transient(format!(
-                "system \"{system}\": IAM answered {request} for user \"{user}\" with HTTP {} ({code}: {detail})",
-                status.unwrap_or_default()
-            )),
-            (_, "ConcurrentModification" | "ConcurrentModificationException") => {
-                ConnectorError::Transient(format!(
-                    "system \"{system}\": {request} for user \"{user}\" met a concurrent change ({detail}); retry"
-                ))
-            }
-            _ => ConnectorError::Permanent(format!(
-                "system \"{system}\": IAM refused {request} for user \"{user}\" ({code}: {detail})"
-            )),
-        };
-        Failure::Error(error)
-    }
-
     /// `Ok(None)` when IAM says `NoSuchEntity`.
     async fn absent<T, E>(
         &self,
@@ -492,22 +400,26 @@ impl AwsIamConnector {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        match result {
-            Ok(value) => Ok(Some(value)),
-            Err(err) => match self.failure(request, user, err) {
-                Failure::NoSuchEntity => Ok(None),
-                Failure::Error(err) => {
-                    let values = self
-                        .client
-                        .get()
-                        .map(|(_, values)| values.as_slice())
-                        .unwrap_or_default();
-                    Err(values
-                        .iter()
-                        .fold(err, |err, value| http::redact(err, value)))
-                }
-            },
-        }
+        // The message parts are built only when the call failed.
+        let err = match result {
+            Ok(value) => return Ok(Some(value)),
+            Err(err) => err,
+        };
+        let secrets = self
+            .client
+            .get()
+            .map(|(_, values)| values.as_slice())
+            .unwrap_or_default();
+        let call = aws_sdk::Call {
+            system: &self.system,
+            request,
+            user,
+            credential_source: self.credential_source(),
+            permission: format!("iam:{request}"),
+            scope: "on the users deprov manages".into(),
+            secrets,
+        };
+        aws_sdk::failure(&IAM, &call, err).map_or(Ok(None), Err)
     }
 
     /// Reads the whole user; `None` when it does not exist.

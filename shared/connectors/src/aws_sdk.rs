@@ -1,11 +1,14 @@
 //! What the AWS connectors share: the SDK configuration for one system — region, endpoint,
 //! timeouts and the access key from the system's secret (or the default credential chain)
-//! — and the secret values to keep out of every message.
+//! — the secret values to keep out of every message, and what an SDK error means to the
+//! orchestrator.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::SdkConfig;
+use aws_sdk_iam::config::http::HttpResponse;
+use aws_sdk_iam::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use deprov_core::ports::SecretSource;
 use deprov_core::ConnectorError;
 
@@ -90,4 +93,155 @@ pub(crate) async fn load(
         ));
     }
     Ok((loader.load().await, values))
+}
+
+/// A paginated list call: every page's items, or the SDK error.
+macro_rules! list_all {
+    ($builder:expr) => {
+        $builder.into_paginator().items().send().try_collect().await
+    };
+}
+pub(crate) use list_all;
+
+/// How one AWS service names its errors, for [`failure`].
+pub(crate) struct Service {
+    /// As messages name it: "IAM", "IAM Identity Center".
+    pub name: &'static str,
+    /// Codes that mean the thing asked about does not exist.
+    pub not_found: &'static [&'static str],
+    /// Codes of a failure on the service's side: worth another attempt.
+    pub server_failure: &'static [&'static str],
+    /// Codes of a concurrent change: worth another attempt.
+    pub conflict: &'static [&'static str],
+}
+
+/// One call, as the messages about its failure describe it.
+pub(crate) struct Call<'a> {
+    pub system: &'a str,
+    pub request: &'a str,
+    pub user: &'a str,
+    /// The credentials a refusal asks to fix (`credential_source`).
+    pub credential_source: String,
+    /// The permission a refusal asks to grant, e.g. `iam:ListAccessKeys`.
+    pub permission: String,
+    /// Where that permission is needed, e.g. `on the users deprov manages`.
+    pub scope: String,
+    /// Secret values that must not appear in any message.
+    pub secrets: &'a [String],
+}
+
+const THROTTLED: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+];
+const REFUSED_CREDENTIALS: &[&str] = &[
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "UnrecognizedClientException",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "InvalidAccessKeyId",
+    "InvalidSignatureException",
+    "MissingAuthenticationToken",
+    "IncompleteSignature",
+];
+const ACCESS_DENIED: &[&str] = &["AccessDenied", "AccessDeniedException"];
+
+/// What a failed call means to the orchestrator (throttled, transient, unauthorized,
+/// permanent), with the secret values redacted; `None` when the service says the thing
+/// asked about does not exist.
+pub(crate) fn failure<E>(
+    service: &Service,
+    call: &Call<'_>,
+    err: SdkError<E, HttpResponse>,
+) -> Option<ConnectorError>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    classify(service, call, err).map(|err| {
+        call.secrets
+            .iter()
+            .fold(err, |err, value| http::redact(err, value))
+    })
+}
+
+/// `None` when the error says the thing does not exist.
+fn classify<E>(
+    service: &Service,
+    call: &Call<'_>,
+    err: SdkError<E, HttpResponse>,
+) -> Option<ConnectorError>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let Call {
+        system,
+        request,
+        user,
+        ..
+    } = call;
+    let (name, credentials) = (service.name, &call.credential_source);
+    let code = err.code().unwrap_or_default().to_string();
+    let detail = err.message().map(http::snippet).unwrap_or_default();
+    let status = match &err {
+        SdkError::ServiceError(context) => Some(context.raw().status().as_u16()),
+        SdkError::ResponseError(context) => Some(context.raw().status().as_u16()),
+        _ => None,
+    };
+    let is = |codes: &[&str]| codes.contains(&code.as_str());
+    Some(match &err {
+        _ if is(service.not_found) => return None,
+        _ if is(THROTTLED) => ConnectorError::Throttled {
+            retry_after: None,
+            message: format!(
+                "system \"{system}\": {name} throttled {request} for user \"{user}\" ({code}: {detail})"
+            ),
+        },
+        _ if is(REFUSED_CREDENTIALS) => ConnectorError::Unauthorized(format!(
+            "system \"{system}\": AWS refused {credentials} ({code} on {request}); rotate or fix it"
+        )),
+        _ if is(ACCESS_DENIED) => ConnectorError::Unauthorized(format!(
+            "system \"{system}\": AWS denied {request} to {credentials} ({code}: {detail}); grant it {} {}",
+            call.permission, call.scope
+        )),
+        SdkError::TimeoutError(_) => ConnectorError::Transient(format!(
+            "system \"{system}\": {request} for user \"{user}\" timed out"
+        )),
+        SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            ConnectorError::Transient(format!(
+                "system \"{system}\": {request} for user \"{user}\" failed in transit: {}",
+                DisplayErrorContext(&err)
+            ))
+        }
+        SdkError::ConstructionFailure(_) => ConnectorError::Permanent(format!(
+            "system \"{system}\": {request} for user \"{user}\" could not be built (check {credentials}): {}",
+            DisplayErrorContext(&err)
+        )),
+        _ if is(service.server_failure) => ConnectorError::Transient(format!(
+            "system \"{system}\": {name} failed {request} for user \"{user}\" ({code}: {detail})"
+        )),
+        // An error body the SDK could not read: the status says enough.
+        _ if code.is_empty() && status == Some(403) => ConnectorError::Unauthorized(format!(
+            "system \"{system}\": AWS refused {request} with HTTP 403 to {credentials}; rotate or fix it, or grant it {}",
+            call.permission
+        )),
+        _ if code.is_empty() && status == Some(429) => ConnectorError::Throttled {
+            retry_after: None,
+            message: format!(
+                "system \"{system}\": {name} throttled {request} for user \"{user}\" (HTTP 429)"
+            ),
+        },
+        _ if status.is_some_and(|s| s >= 500) => ConnectorError::Transient(format!(
+            "system \"{system}\": {name} answered {request} for user \"{user}\" with HTTP {} ({code}: {detail})",
+            status.unwrap_or_default()
+        )),
+        _ if is(service.conflict) => ConnectorError::Transient(format!(
+            "system \"{system}\": {request} for user \"{user}\" met a concurrent change ({detail}); retry"
+        )),
+        _ => ConnectorError::Permanent(format!(
+            "system \"{system}\": {name} refused {request} for user \"{user}\" ({code}: {detail})"
+        )),
+    })
 }

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_ssoadmin::config::http::HttpResponse;
-use aws_sdk_ssoadmin::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ssoadmin::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ssoadmin::types::{PrincipalType, StatusValues, TargetType};
 use deprov_core::plan::{Action, StageKind, Task};
 use deprov_core::policy::{MatchBy, SystemConfig};
@@ -49,7 +49,7 @@ use serde_json::json;
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 
-use crate::aws_sdk::{self, ACCESS_KEY_FIELD, SECRET_KEY_FIELD};
+use crate::aws_sdk::{self, list_all, ACCESS_KEY_FIELD, SECRET_KEY_FIELD};
 use crate::http;
 
 const KEYS: &[&str] = &[
@@ -226,11 +226,16 @@ fn assignment_id(account: &str, permission_set_arn: &str) -> String {
     format!("{account}/{permission_set_arn}")
 }
 
-/// An SDK failure, or the thing asked about does not exist.
-enum Failure {
-    NotFound,
-    Error(ConnectorError),
-}
+const IDENTITY_CENTER: aws_sdk::Service = aws_sdk::Service {
+    name: "IAM Identity Center",
+    not_found: &["ResourceNotFoundException", "ResourceNotFound"],
+    server_failure: &[
+        "InternalServerException",
+        "InternalFailure",
+        "ServiceUnavailable",
+    ],
+    conflict: &["ConflictException"],
+};
 
 type Clients = (
     aws_sdk_identitystore::Client,
@@ -255,13 +260,6 @@ impl std::fmt::Debug for AwsSsoConnector {
             .field("secret", &self.settings.secret)
             .finish_non_exhaustive()
     }
-}
-
-/// A paginated list call: every page's items, or the SDK error.
-macro_rules! list_all {
-    ($builder:expr) => {
-        $builder.into_paginator().items().send().try_collect().await
-    };
 }
 
 impl AwsSsoConnector {
@@ -316,87 +314,6 @@ impl AwsSsoConnector {
             .await
     }
 
-    /// Maps an SDK error onto what the orchestrator acts on.
-    fn failure<E>(&self, request: &str, user: &str, err: SdkError<E, HttpResponse>) -> Failure
-    where
-        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    {
-        let system = &self.system;
-        let code = err.code().unwrap_or_default().to_string();
-        let detail = err.message().map(http::snippet).unwrap_or_default();
-        let status = match &err {
-            SdkError::ServiceError(context) => Some(context.raw().status().as_u16()),
-            SdkError::ResponseError(context) => Some(context.raw().status().as_u16()),
-            _ => None,
-        };
-        let error = match (&err, code.as_str()) {
-            (_, "ResourceNotFoundException" | "ResourceNotFound") => return Failure::NotFound,
-            (_, "ThrottlingException" | "Throttling" | "TooManyRequestsException") => {
-                ConnectorError::Throttled {
-                    retry_after: None,
-                    message: format!(
-                        "system \"{system}\": IAM Identity Center throttled {request} for user \"{user}\" ({code}: {detail})"
-                    ),
-                }
-            }
-            (
-                _,
-                "UnrecognizedClientException" | "InvalidClientTokenId" | "SignatureDoesNotMatch"
-                | "ExpiredToken" | "ExpiredTokenException" | "InvalidSignatureException"
-                | "MissingAuthenticationToken" | "IncompleteSignature",
-            ) => ConnectorError::Unauthorized(format!(
-                "system \"{system}\": AWS refused {} ({code} on {request}); rotate or fix it",
-                self.credential_source()
-            )),
-            (_, "AccessDeniedException" | "AccessDenied") => ConnectorError::Unauthorized(format!(
-                "system \"{system}\": AWS denied {request} to {} ({code}: {detail}); grant it {request} on instance {} and identity store {}",
-                self.credential_source(),
-                self.settings.instance_arn,
-                self.settings.identity_store_id
-            )),
-            (SdkError::TimeoutError(_), _) => ConnectorError::Transient(format!(
-                "system \"{system}\": {request} for user \"{user}\" timed out"
-            )),
-            (SdkError::DispatchFailure(_) | SdkError::ResponseError(_), _) => {
-                ConnectorError::Transient(format!(
-                    "system \"{system}\": {request} for user \"{user}\" failed in transit: {}",
-                    DisplayErrorContext(&err)
-                ))
-            }
-            (SdkError::ConstructionFailure(_), _) => ConnectorError::Permanent(format!(
-                "system \"{system}\": {request} for user \"{user}\" could not be built (check {}): {}",
-                self.credential_source(),
-                DisplayErrorContext(&err)
-            )),
-            (_, "InternalServerException" | "InternalFailure" | "ServiceUnavailable") => {
-                ConnectorError::Transient(format!(
-                    "system \"{system}\": IAM Identity Center failed {request} for user \"{user}\" ({code}: {detail})"
-                ))
-            }
-            (_, "") if status == Some(403) => ConnectorError::Unauthorized(format!(
-                "system \"{system}\": AWS refused {request} with HTTP 403 to {}; rotate or fix it, or grant it {request}",
-                self.credential_source()
-            )),
-            (_, "") if status == Some(429) => ConnectorError::Throttled {
-                retry_after: None,
-                message: format!(
-                    "system \"{system}\": IAM Identity Center throttled {request} for user \"{user}\" (HTTP 429)"
-                ),
-            },
-            _ if status.is_some_and(|s| s >= 500) => ConnectorError::Transient(format!(
-                "system \"{system}\": IAM Identity Center answered {request} for user \"{user}\" with HTTP {} ({code}: {detail})",
-                status.unwrap_or_default()
-            )),
-            (_, "ConflictException") => ConnectorError::Transient(format!(
-                "system \"{system}\": {request} for user \"{user}\" met a concurrent change ({detail}); retry"
-            )),
-            _ => ConnectorError::Permanent(format!(
-                "system \"{system}\": IAM Identity Center refused {request} for user \"{user}\" ({code}: {detail})"
-            )),
-        };
-        Failure::Error(error)
-    }
-
     /// `Ok(None)` when the service says `ResourceNotFoundException`.
     async fn absent<T, E>(
         &self,
@@ -407,22 +324,29 @@ impl AwsSsoConnector {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        match result {
-            Ok(value) => Ok(Some(value)),
-            Err(err) => match self.failure(request, user, err) {
-                Failure::NotFound => Ok(None),
-                Failure::Error(err) => {
-                    let values = self
-                        .clients
-                        .get()
-                        .map(|(_, _, values)| values.as_slice())
-                        .unwrap_or_default();
-                    Err(values
-                        .iter()
-                        .fold(err, |err, value| http::redact(err, value)))
-                }
-            },
-        }
+        // The message parts are built only when the call failed.
+        let err = match result {
+            Ok(value) => return Ok(Some(value)),
+            Err(err) => err,
+        };
+        let secrets = self
+            .clients
+            .get()
+            .map(|(_, _, values)| values.as_slice())
+            .unwrap_or_default();
+        let call = aws_sdk::Call {
+            system: &self.system,
+            request,
+            user,
+            credential_source: self.credential_source(),
+            permission: request.to_string(),
+            scope: format!(
+                "on instance {} and identity store {}",
+                self.settings.instance_arn, self.settings.identity_store_id
+            ),
+            secrets,
+        };
+        aws_sdk::failure(&IDENTITY_CENTER, &call, err).map_or(Ok(None), Err)
     }
 
     /// The user's id, user name and primary (or first) email; `None` when absent.
