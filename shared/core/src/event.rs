@@ -162,13 +162,8 @@ impl LifecycleEvent {
                 ),
             }]));
         }
-        let value: Value = serde_json::from_slice(bytes).map_err(|err| {
-            invalid(vec![Problem {
-                path: "$".into(),
-                line: Some(err.line()),
-                message: format!("not valid JSON: {err}"),
-            }])
-        })?;
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|err| invalid(vec![Problem::not_json(&err)]))?;
         let problems = validate(&value);
         if !problems.is_empty() {
             return Err(invalid(problems));

@@ -12,6 +12,26 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    /// A problem at a JSON path, without a line.
+    pub fn at(path: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            path: path.into(),
+            line: None,
+            message: message.into(),
+        }
+    }
+
+    /// The body is not JSON at all: where the parser stopped.
+    pub fn not_json(err: &serde_json::Error) -> Problem {
+        Problem {
+            path: "$".into(),
+            line: Some(err.line()),
+            message: format!("not valid JSON: {err}"),
+        }
+    }
+}
+
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.line {

@@ -151,31 +151,21 @@ fn invalid(problems: Vec<Problem>) -> Reply {
     })
 }
 
-fn problem(path: impl Into<String>, message: impl Into<String>) -> Problem {
-    Problem {
-        path: path.into(),
-        line: None,
-        message: message.into(),
-    }
-}
-
 /// The payload's employees as lifecycle events, or every problem found.
 pub fn map(body: &[u8], offset: FixedOffset) -> Result<Mapped, Reply> {
-    let value: Value = serde_json::from_slice(body).map_err(|err| {
-        invalid(vec![Problem {
-            path: "$".into(),
-            line: Some(err.line()),
-            message: format!("not valid JSON: {err}"),
-        }])
-    })?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|err| invalid(vec![Problem::not_json(&err)]))?;
     let Some(employees) = value.get("employees") else {
-        return Err(invalid(vec![problem(
+        return Err(invalid(vec![Problem::at(
             "$.employees",
             "is required: BambooHR posts {\"employees\": [{\"id\": …, \"fields\": {…}}]}",
         )]));
     };
     let Some(employees) = employees.as_array() else {
-        return Err(invalid(vec![problem("$.employees", "must be an array")]));
+        return Err(invalid(vec![Problem::at(
+            "$.employees",
+            "must be an array",
+        )]));
     };
     let mut mapped = Mapped::default();
     let mut problems = Vec::new();
@@ -221,7 +211,7 @@ fn text_field<'v>(
         Some(text) if !text.trim().is_empty() => Some((text.trim(), path)),
         Some(_) => None,
         None => {
-            problems.push(problem(path, "must be a string"));
+            problems.push(Problem::at(path, "must be a string"));
             None
         }
     }
@@ -234,28 +224,33 @@ fn employee_event(
 ) -> Result<Option<crate::event::LifecycleEvent>, Vec<Problem>> {
     let mut problems = Vec::new();
     let Some(employee) = employee.as_object() else {
-        return Err(vec![problem(at, "must be an object")]);
+        return Err(vec![Problem::at(at, "must be an object")]);
     };
     let id = match employee.get("id") {
         Some(Value::String(id)) if !id.trim().is_empty() => Some(id.trim().to_string()),
         Some(Value::Number(id)) => Some(id.to_string()),
         Some(_) => {
-            problems.push(problem(
+            problems.push(Problem::at(
                 format!("{at}.id"),
                 "must be the employee id (a string or a number)",
             ));
             None
         }
         None => {
-            problems.push(problem(format!("{at}.id"), "is required"));
+            problems.push(Problem::at(format!("{at}.id"), "is required"));
             None
         }
     };
     let fields = match employee.get("fields") {
         Some(Value::Object(fields)) => fields,
-        Some(_) => return Err(vec![problem(format!("{at}.fields"), "must be an object")]),
+        Some(_) => {
+            return Err(vec![Problem::at(
+                format!("{at}.fields"),
+                "must be an object",
+            )])
+        }
         None => {
-            problems.push(problem(
+            problems.push(Problem::at(
                 format!("{at}.fields"),
                 "is required: the fields the webhook posts",
             ));
@@ -273,7 +268,7 @@ fn employee_event(
     }
     let email = text_field(fields, &EMAIL_FIELDS, at, &mut problems);
     if email.is_none() && field(fields, &EMAIL_FIELDS, at).is_none() {
-        problems.push(problem(
+        problems.push(Problem::at(
             format!("{at}.fields[\"Work Email\"]"),
             "is required for a termination: add Work Email to the webhook's posted fields",
         ));
@@ -282,7 +277,7 @@ fn employee_event(
         Some((date, path)) => match last_moment(date, offset) {
             Some(at) => Some(at),
             None => {
-                problems.push(problem(
+                problems.push(Problem::at(
                     path,
                     format!(
                         "`{}` is not a date (YYYY-MM-DD) or an RFC 3339 time",
@@ -294,7 +289,7 @@ fn employee_event(
         },
         None => {
             if field(fields, &DATE_FIELDS, at).is_none() {
-                problems.push(problem(
+                problems.push(Problem::at(
                     format!("{at}.fields[\"Termination Date\"]"),
                     "is required when the employment status is Terminated: add Termination Date to the webhook's posted fields",
                 ));
@@ -315,7 +310,7 @@ fn employee_event(
             {
                 Some("voluntary")
             } else {
-                problems.push(problem(
+                problems.push(Problem::at(
                     path,
                     format!(
                         "`{}` is not a termination type deprov knows; use Voluntary or Involuntary",
@@ -335,7 +330,7 @@ fn employee_event(
     let (Some(id), Some((email, _)), Some(effective_at), Some(termination_type)) =
         (id, email, effective_at, termination_type)
     else {
-        return Err(vec![problem(at, "cannot be mapped")]);
+        return Err(vec![Problem::at(at, "cannot be mapped")]);
     };
     let name = [&FIRST_NAME_FIELDS[..], &LAST_NAME_FIELDS[..]]
         .iter()

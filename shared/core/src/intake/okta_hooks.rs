@@ -122,31 +122,21 @@ fn invalid(problems: Vec<Problem>) -> Reply {
     })
 }
 
-fn problem(path: impl Into<String>, message: impl Into<String>) -> Problem {
-    Problem {
-        path: path.into(),
-        line: None,
-        message: message.into(),
-    }
-}
-
 /// The hook's events as lifecycle events, or every problem found.
 pub fn map(body: &[u8]) -> Result<Mapped, Reply> {
-    let value: Value = serde_json::from_slice(body).map_err(|err| {
-        invalid(vec![Problem {
-            path: "$".into(),
-            line: Some(err.line()),
-            message: format!("not valid JSON: {err}"),
-        }])
-    })?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|err| invalid(vec![Problem::not_json(&err)]))?;
     let Some(events) = value.pointer("/data/events") else {
-        return Err(invalid(vec![problem(
+        return Err(invalid(vec![Problem::at(
             "$.data.events",
             "is required: Okta posts {\"data\": {\"events\": […]}}",
         )]));
     };
     let Some(events) = events.as_array() else {
-        return Err(invalid(vec![problem("$.data.events", "must be an array")]));
+        return Err(invalid(vec![Problem::at(
+            "$.data.events",
+            "must be an array",
+        )]));
     };
     let mut mapped = Mapped::default();
     let mut problems = Vec::new();
@@ -168,11 +158,14 @@ fn text<'v>(value: &'v Value, key: &str, at: &str, problems: &mut Vec<Problem>) 
     match value.get(key) {
         Some(Value::String(text)) if !text.trim().is_empty() => Some(text.trim()),
         Some(_) => {
-            problems.push(problem(format!("{at}.{key}"), "must be a non-empty string"));
+            problems.push(Problem::at(
+                format!("{at}.{key}"),
+                "must be a non-empty string",
+            ));
             None
         }
         None => {
-            problems.push(problem(format!("{at}.{key}"), "is required"));
+            problems.push(Problem::at(format!("{at}.{key}"), "is required"));
             None
         }
     }
@@ -184,7 +177,7 @@ fn hook_event(
     at: &str,
 ) -> Result<Result<crate::event::LifecycleEvent, Value>, Vec<Problem>> {
     if !event.is_object() {
-        return Err(vec![problem(at, "must be an object")]);
+        return Err(vec![Problem::at(at, "must be an object")]);
     }
     let mut problems = Vec::new();
     let Some(event_type) = text(event, "eventType", at, &mut problems) else {
@@ -208,7 +201,7 @@ fn hook_event(
                 .iter()
                 .position(|target| target.get("type").and_then(Value::as_str) == Some("User"));
             if user.is_none() {
-                problems.push(problem(
+                problems.push(Problem::at(
                     format!("{at}.target"),
                     "has no entry of type User: the deactivated or suspended user",
                 ));
@@ -216,11 +209,11 @@ fn hook_event(
             user.map(|index| (&targets[index], format!("{at}.target[{index}]")))
         }
         Some(_) => {
-            problems.push(problem(format!("{at}.target"), "must be an array"));
+            problems.push(Problem::at(format!("{at}.target"), "must be an array"));
             None
         }
         None => {
-            problems.push(problem(format!("{at}.target"), "is required"));
+            problems.push(Problem::at(format!("{at}.target"), "is required"));
             None
         }
     };
@@ -231,7 +224,7 @@ fn hook_event(
     });
     if let Some(published) = published {
         if chrono::DateTime::parse_from_rfc3339(published).is_err() {
-            problems.push(problem(
+            problems.push(Problem::at(
                 format!("{at}.published"),
                 "must be an RFC 3339 time",
             ));
