@@ -10,6 +10,7 @@ use deprov_core::{Connector, ConnectorError};
 pub mod aws_iam;
 mod aws_sdk;
 pub mod aws_sso;
+pub mod coalesce;
 pub mod discovery;
 pub mod github;
 pub mod google;
@@ -22,6 +23,7 @@ pub mod postgres;
 pub mod scim;
 pub mod slack;
 
+pub use coalesce::coalesce_discovery;
 pub use discovery::{discover, list_accounts, list_all};
 
 /// The connector kinds a policy may name.

@@ -34,7 +34,7 @@
 
 mod db;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,26 +69,29 @@ const CONNECTION_KEYS: &[&str] = &[
     "last_activity_query",
     "timeout_secs",
 ];
+/// Tasks (or people) read or changed in one round trip.
+const MAX_BATCH: usize = 100;
 /// How long `apply` waits for terminated backends to leave `pg_stat_activity`.
 const TERMINATION_WAIT: Duration = Duration::from_secs(10);
 const ENTITLEMENT_KIND: &str = "role";
 
-/// One role as read from `pg_roles`, with its direct memberships and open backends.
-const ROLE_QUERY: &str = "SELECT r.rolname::text, r.rolcanlogin, \
+/// Roles as read from `pg_roles`, with their direct memberships and open backends.
+const ROLES_QUERY: &str = "SELECT r.rolname::text, r.rolcanlogin, \
      ARRAY(SELECT DISTINCT g.rolname::text FROM pg_auth_members m \
            JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid ORDER BY 1), \
      (SELECT count(*) FROM pg_stat_activity a \
       WHERE a.usename = r.rolname AND a.pid <> pg_backend_pid()) \
-   FROM pg_roles r WHERE r.rolname = $1";
+   FROM pg_roles r WHERE r.rolname = ANY($1)";
 const LOGIN_ROLES_QUERY: &str = "SELECT r.rolname::text, r.rolcanlogin, \
      ARRAY(SELECT DISTINCT g.rolname::text FROM pg_auth_members m \
            JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid ORDER BY 1), \
      0::bigint \
    FROM pg_roles r WHERE r.rolcanlogin AND r.rolname !~ '^pg_' ORDER BY 1";
-const BACKENDS_QUERY: &str =
-    "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()";
-const TERMINATE_QUERY: &str = "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) \
-   FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()";
+const BACKENDS_QUERY: &str = "SELECT usename::text, count(*) FROM pg_stat_activity \
+   WHERE usename = ANY($1) AND pid <> pg_backend_pid() GROUP BY 1";
+const TERMINATE_QUERY: &str = "SELECT usename::text, \
+     count(*) FILTER (WHERE pg_terminate_backend(pid)) \
+   FROM pg_stat_activity WHERE usename = ANY($1) AND pid <> pg_backend_pid() GROUP BY 1";
 const GRANTORS_QUERY: &str = "SELECT DISTINCT gr.rolname::text FROM pg_auth_members m \
    JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles r ON r.oid = m.member \
    JOIN pg_roles gr ON gr.oid = m.grantor WHERE g.rolname = $1 AND r.rolname = $2";
@@ -348,6 +351,34 @@ impl RoleState {
     }
 }
 
+/// The one result of a batch of one.
+fn single<T>(mut results: Vec<Result<T, ConnectorError>>) -> Result<T, ConnectorError> {
+    results
+        .pop()
+        .unwrap_or_else(|| Err(ConnectorError::Permanent("no result".into())))
+}
+
+/// Whether `terminate` signalled any backend of `role`.
+fn signalled(terminated: &BTreeMap<String, i64>, role: &str) -> bool {
+    terminated.get(role).is_some_and(|count| *count > 0)
+}
+
+/// `(rolname, count)` rows by role name.
+fn counts(rows: &[Row]) -> Result<BTreeMap<String, i64>, ConnectorError> {
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get::<_, String>(0).map_err(|err| {
+                    ConnectorError::Permanent(format!("unexpected pg_stat_activity row: {err}"))
+                })?,
+                row.try_get::<_, i64>(1).map_err(|err| {
+                    ConnectorError::Permanent(format!("unexpected pg_stat_activity row: {err}"))
+                })?,
+            ))
+        })
+        .collect()
+}
+
 pub struct PostgresConnector {
     system: String,
     settings: Settings,
@@ -404,47 +435,58 @@ impl PostgresConnector {
     }
 
     async fn read_role(&self, db: &Db, name: &str) -> Result<Option<RoleState>, ConnectorError> {
-        let rows = db
-            .query(
-                &format!("reading role {name:?} from pg_roles"),
-                ROLE_QUERY,
-                &[&name],
-            )
-            .await?;
-        rows.first().map(RoleState::from_row).transpose()
+        Ok(self.read_roles(db, &[name]).await?.remove(name))
     }
 
-    async fn backends(&self, db: &Db, name: &str) -> Result<i64, ConnectorError> {
+    /// The roles of `names` that exist, by name: one query however many.
+    async fn read_roles(
+        &self,
+        db: &Db,
+        names: &[&str],
+    ) -> Result<BTreeMap<String, RoleState>, ConnectorError> {
+        let doing = match names {
+            [name] => format!("reading role {name:?} from pg_roles"),
+            _ => format!("reading {} roles from pg_roles", names.len()),
+        };
+        let rows = db.query(&doing, ROLES_QUERY, &[&names]).await?;
+        rows.iter()
+            .map(|row| RoleState::from_row(row).map(|state| (state.name.clone(), state)))
+            .collect()
+    }
+
+    /// Open backends of each of `names` that has any: one query however many.
+    async fn backends(
+        &self,
+        db: &Db,
+        names: &[&str],
+    ) -> Result<BTreeMap<String, i64>, ConnectorError> {
         let rows = db
             .query(
-                &format!("counting the backends of role {name:?}"),
+                &format!("counting the backends of {} role(s)", names.len()),
                 BACKENDS_QUERY,
-                &[&name],
+                &[&names],
             )
             .await?;
-        Ok(rows
-            .first()
-            .and_then(|row| row.try_get::<_, i64>(0).ok())
-            .unwrap_or(0))
+        counts(&rows)
     }
 
-    /// Terminates every backend of the role and waits until they are gone; returns how
-    /// many were signalled.
-    async fn terminate(&self, db: &Db, name: &str) -> Result<i64, ConnectorError> {
-        let rows = db
-            .query(
-                &format!("terminating the backends of role {name:?}"),
-                TERMINATE_QUERY,
-                &[&name],
-            )
-            .await?;
-        let terminated = rows
-            .first()
-            .and_then(|row| row.try_get::<_, i64>(0).ok())
-            .unwrap_or(0);
-        if terminated > 0 {
+    /// Terminates every backend of the roles and waits until they are gone; returns how
+    /// many were signalled per role.
+    async fn terminate(
+        &self,
+        db: &Db,
+        names: &[&str],
+    ) -> Result<BTreeMap<String, i64>, ConnectorError> {
+        let doing = match names {
+            [name] => format!("terminating the backends of role {name:?}"),
+            _ => format!("terminating the backends of {} roles", names.len()),
+        };
+        let terminated = counts(&db.query(&doing, TERMINATE_QUERY, &[&names]).await?)?;
+        if terminated.values().any(|count| *count > 0) {
             let started = Instant::now();
-            while self.backends(db, name).await? > 0 && started.elapsed() < TERMINATION_WAIT {
+            while !self.backends(db, names).await?.is_empty()
+                && started.elapsed() < TERMINATION_WAIT
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -525,37 +567,75 @@ impl PostgresConnector {
         if self.read_role(&db, role).await?.is_none() {
             return Ok(Applied::AlreadyDone);
         }
-        Ok(if self.terminate(&db, role).await? > 0 {
+        Ok(if signalled(&self.terminate(&db, &[role]).await?, role) {
             Applied::Changed
         } else {
             Applied::AlreadyDone
         })
     }
 
-    async fn disable(&self, role: &str) -> Result<Applied, ConnectorError> {
-        let quoted = quote_ident(role)?;
+    /// `ALTER ROLE … NOLOGIN` of every role that can log in, as one script, then the
+    /// termination of their backends; what each role came to. Roles that do not exist are
+    /// `AlreadyDone`.
+    async fn disable(&self, roles: &[&str]) -> Result<BTreeMap<String, Applied>, ConnectorError> {
         let db = self.maintenance().await?;
-        let Some(state) = self.read_role(&db, role).await? else {
-            return Ok(Applied::AlreadyDone);
-        };
-        let mut changed = false;
-        if state.can_login {
-            let statement = format!("ALTER ROLE {quoted} NOLOGIN");
-            match db.batch(&statement, &statement).await {
-                Ok(()) => changed = true,
-                Err(err) if err.is(&SqlState::UNDEFINED_OBJECT) => return Ok(Applied::AlreadyDone),
+        let states = self.read_roles(&db, roles).await?;
+        let to_lock: Vec<&str> = roles
+            .iter()
+            .copied()
+            .filter(|role| states.get(*role).is_some_and(|state| state.can_login))
+            .collect();
+        let mut locked = BTreeSet::new();
+        if !to_lock.is_empty() {
+            let statements = to_lock
+                .iter()
+                .map(|role| Ok(format!("ALTER ROLE {} NOLOGIN", quote_ident(role)?)))
+                .collect::<Result<Vec<String>, ConnectorError>>()?;
+            let doing = match statements.as_slice() {
+                [one] => one.clone(),
+                many => format!("ALTER ROLE … NOLOGIN of {} roles", many.len()),
+            };
+            // One script is one transaction: all locked, or none.
+            match db.batch(&doing, &statements.join(";\n")).await {
+                Ok(()) => locked.extend(to_lock.iter().copied()),
+                // A role went away meanwhile and took the script with it: one at a time.
+                Err(err) if err.is(&SqlState::UNDEFINED_OBJECT) => {
+                    for (role, statement) in to_lock.iter().zip(&statements) {
+                        match db.batch(statement, statement).await {
+                            Ok(()) => {
+                                locked.insert(*role);
+                            }
+                            Err(err) if err.is(&SqlState::UNDEFINED_OBJECT) => {}
+                            Err(err) => return Err(err.into()),
+                        }
+                    }
+                }
                 Err(err) => return Err(err.into()),
             }
         }
         // NOLOGIN only refuses new logins: sessions opened before are ended too.
-        if self.terminate(&db, role).await? > 0 {
-            changed = true;
-        }
-        Ok(if changed {
-            Applied::Changed
+        let existing: Vec<&str> = roles
+            .iter()
+            .copied()
+            .filter(|role| states.contains_key(*role))
+            .collect();
+        let terminated = if existing.is_empty() {
+            BTreeMap::new()
         } else {
-            Applied::AlreadyDone
-        })
+            self.terminate(&db, &existing).await?
+        };
+        Ok(roles
+            .iter()
+            .map(|role| {
+                let changed = locked.contains(role) || signalled(&terminated, role);
+                let applied = if changed {
+                    Applied::Changed
+                } else {
+                    Applied::AlreadyDone
+                };
+                (role.to_string(), applied)
+            })
+            .collect())
     }
 
     async fn remove_membership(&self, group: &str, role: &str) -> Result<Applied, ConnectorError> {
@@ -686,7 +766,7 @@ impl PostgresConnector {
             }
         }
         let db = self.maintenance().await?;
-        self.terminate(&db, role).await?;
+        self.terminate(&db, &[role]).await?;
         let statement = format!("DROP ROLE {quoted}");
         match db.batch(&statement, &statement).await {
             Ok(()) => Ok(Applied::Changed),
@@ -701,14 +781,86 @@ impl PostgresConnector {
         }
     }
 
-    async fn evidence(&self, task: &Task) -> Result<Evidence, ConnectorError> {
-        let role = task.account.id.as_str();
+    /// Refuses a task on a name no role can have, or on a role deprov must not touch.
+    async fn checked(&self, role: &str, action: Action) -> Result<(), ConnectorError> {
+        quote_ident(role)?;
+        if matches!(
+            action,
+            Action::RevokeSessions
+                | Action::Disable
+                | Action::RemoveEntitlement
+                | Action::Delete
+                | Action::Enable
+                | Action::RestoreEntitlement
+        ) {
+            self.guard(role, action).await?;
+        }
+        Ok(())
+    }
+
+    /// Carries out one task other than a disable (those go in batches) on a checked role.
+    async fn apply_one(&self, task: &Task, role: &str) -> Result<Applied, ConnectorError> {
+        match task.action {
+            Action::RevokeSessions => self.revoke_sessions(role).await,
+            Action::RemoveEntitlement => {
+                let group = self.target_role(task)?;
+                self.remove_membership(group, role).await
+            }
+            Action::Delete => self.delete(role).await,
+            Action::Enable => self.enable(role).await,
+            Action::RestoreEntitlement => {
+                let group = self.target_role(task)?;
+                self.add_membership(group, role).await
+            }
+            other => Err(ConnectorError::Unsupported(format!(
+                "{} (PostgreSQL has no such operation)",
+                other.as_str().replace('_', " ")
+            ))),
+        }
+    }
+
+    /// Reads the tasks' roles back (one query for all, and one for the backends of roles
+    /// that are gone) and judges each task by what was read.
+    async fn evidence(
+        &self,
+        tasks: &[Task],
+    ) -> Result<Vec<Result<Evidence, ConnectorError>>, ConnectorError> {
+        let roles: Vec<&str> = tasks.iter().map(|task| task.account.id.as_str()).collect();
         let db = self.maintenance().await?;
-        let state = self.read_role(&db, role).await?;
-        let backends = match &state {
-            Some(state) => state.backends,
-            None => self.backends(&db, role).await?,
+        let states = self.read_roles(&db, &roles).await?;
+        let gone: Vec<&str> = roles
+            .iter()
+            .copied()
+            .filter(|role| !states.contains_key(*role))
+            .collect();
+        let gone_backends = if gone.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.backends(&db, &gone).await?
         };
+        Ok(tasks
+            .iter()
+            .map(|task| {
+                let role = task.account.id.as_str();
+                let state = states.get(role);
+                let backends = state.map_or_else(
+                    || gone_backends.get(role).copied().unwrap_or(0),
+                    |state| state.backends,
+                );
+                self.judge(task, &db, state, backends)
+            })
+            .collect())
+    }
+
+    /// Whether the task's effect holds on the role as read (`None`: it does not exist).
+    fn judge(
+        &self,
+        task: &Task,
+        db: &Db,
+        state: Option<&RoleState>,
+        backends: i64,
+    ) -> Result<Evidence, ConnectorError> {
+        let role = task.account.id.as_str();
         let mut observed = json!({
             "server": db.server(),
             "database": db.database(),
@@ -723,7 +875,7 @@ impl PostgresConnector {
             }
             Action::Disable => {
                 observed["backends"] = json!(backends);
-                let can_login = state.as_ref().is_some_and(|s| s.can_login);
+                let can_login = state.is_some_and(|s| s.can_login);
                 if state.is_some() {
                     observed["rolcanlogin"] = json!(can_login);
                 }
@@ -736,13 +888,13 @@ impl PostgresConnector {
                     .is_some_and(|s| s.member_of.iter().any(|g| g == group));
                 observed["group"] = json!(group);
                 observed["member"] = json!(member);
-                if let Some(state) = &state {
+                if let Some(state) = state {
                     observed["member_of"] = json!(state.member_of);
                 }
                 member == (task.action == Action::RestoreEntitlement)
             }
             Action::Enable => {
-                let can_login = state.as_ref().is_some_and(|s| s.can_login);
+                let can_login = state.is_some_and(|s| s.can_login);
                 if state.is_some() {
                     observed["rolcanlogin"] = json!(can_login);
                 }
@@ -810,67 +962,103 @@ impl Connector for PostgresConnector {
         SUPPORTS
     }
 
+    fn max_batch(&self) -> usize {
+        MAX_BATCH
+    }
+
     async fn discover(&self, person: &PersonQuery) -> Result<Vec<Account>, ConnectorError> {
-        let span = tracing::debug_span!("postgres.discover", system = %self.system, person_id = %person.person_id);
+        single(self.discover_batch(std::slice::from_ref(person)).await)
+    }
+
+    async fn discover_batch(
+        &self,
+        people: &[PersonQuery],
+    ) -> Vec<Result<Vec<Account>, ConnectorError>> {
+        let span =
+            tracing::debug_span!("postgres.discover", system = %self.system, people = people.len());
         async {
-            let Some(username) = person_username(person, self.match_by) else {
-                return Ok(Vec::new());
-            };
-            let role = self.settings.role_name(username);
-            let db = self.maintenance().await?;
-            if identifier_problem(&role).is_some() || role.starts_with("pg_") {
-                // No person's role can have this name (the login above still had to work).
-                return Ok(Vec::new());
-            }
-            let accounts: Vec<Account> = self
-                .read_role(&db, &role)
-                .await?
-                .into_iter()
-                .map(|state| self.account(state, None))
+            // The role each person's username names, if a role can have that name.
+            let roles: Vec<Option<String>> = people
+                .iter()
+                .map(|person| {
+                    person_username(person, self.match_by)
+                        .map(|username| self.settings.role_name(username))
+                        .filter(|role| {
+                            identifier_problem(role).is_none() && !role.starts_with("pg_")
+                        })
+                })
                 .collect();
-            tracing::debug!(accounts = accounts.len(), "postgres discovery done");
-            Ok(accounts)
+            let names: Vec<&str> = roles.iter().flatten().map(String::as_str).collect();
+            // The login has to work even when no name can be a role.
+            let found = match self.maintenance().await {
+                Ok(_) if names.is_empty() => Ok(BTreeMap::new()),
+                Ok(db) => self.read_roles(&db, &names).await,
+                Err(err) => Err(err),
+            };
+            let found = match found {
+                Ok(found) => found,
+                Err(err) => return people.iter().map(|_| Err(err.clone())).collect(),
+            };
+            tracing::debug!(accounts = found.len(), "postgres discovery done");
+            roles
+                .iter()
+                .map(|role| {
+                    Ok(role
+                        .as_ref()
+                        .and_then(|role| found.get(role))
+                        .map(|state| self.account(state.clone(), None))
+                        .into_iter()
+                        .collect())
+                })
+                .collect()
         }
         .instrument(span)
         .await
     }
 
     async fn apply(&self, task: &Task) -> Result<Applied, ConnectorError> {
-        let span = tracing::debug_span!("postgres.apply", system = %self.system, task_id = %task.task_id, action = task.action.as_str());
+        single(self.apply_batch(std::slice::from_ref(task)).await)
+    }
+
+    async fn apply_batch(&self, tasks: &[Task]) -> Vec<Result<Applied, ConnectorError>> {
+        let span =
+            tracing::debug_span!("postgres.apply", system = %self.system, tasks = tasks.len());
         async {
-            let role = task.account.id.as_str();
-            // A name no role can have is a bad task, whatever the action.
-            quote_ident(role)?;
-            if matches!(
-                task.action,
-                Action::RevokeSessions
-                    | Action::Disable
-                    | Action::RemoveEntitlement
-                    | Action::Delete
-                    | Action::Enable
-                    | Action::RestoreEntitlement
-            ) {
-                self.guard(role, task.action).await?;
+            let mut applied: Vec<Option<Result<Applied, ConnectorError>>> =
+                tasks.iter().map(|_| None).collect();
+            // Disables go together: one read, one script and one termination for all.
+            let mut disables = Vec::new();
+            for (index, task) in tasks.iter().enumerate() {
+                let role = task.account.id.as_str();
+                if let Err(err) = self.checked(role, task.action).await {
+                    applied[index] = Some(Err(err));
+                } else if task.action == Action::Disable {
+                    disables.push((index, role));
+                } else {
+                    applied[index] = Some(self.apply_one(task, role).await);
+                }
             }
-            let applied = match task.action {
-                Action::RevokeSessions => self.revoke_sessions(role).await,
-                Action::Disable => self.disable(role).await,
-                Action::RemoveEntitlement => {
-                    let group = self.target_role(task)?;
-                    self.remove_membership(group, role).await
+            if !disables.is_empty() {
+                let roles: Vec<&str> = disables.iter().map(|(_, role)| *role).collect();
+                let done = self.disable(&roles).await;
+                for (index, role) in disables {
+                    applied[index] = Some(match &done {
+                        Ok(done) => done.get(role).copied().ok_or_else(|| {
+                            ConnectorError::Permanent(format!("role {role:?} was not disabled"))
+                        }),
+                        Err(err) => Err(err.clone()),
+                    });
                 }
-                Action::Delete => self.delete(role).await,
-                Action::Enable => self.enable(role).await,
-                Action::RestoreEntitlement => {
-                    let group = self.target_role(task)?;
-                    self.add_membership(group, role).await
-                }
-                other => Err(ConnectorError::Unsupported(format!(
-                    "{} (PostgreSQL has no such operation)",
-                    other.as_str().replace('_', " ")
-                ))),
-            };
-            tracing::debug!(outcome = ?applied.as_ref().map_err(ConnectorError::kind), "postgres apply done");
+            }
+            let applied: Vec<_> = applied
+                .into_iter()
+                .map(|result| {
+                    result.unwrap_or_else(|| {
+                        Err(ConnectorError::Permanent("the task was not applied".into()))
+                    })
+                })
+                .collect();
+            tracing::debug!(outcomes = ?applied.iter().map(|a| a.as_ref().map_err(ConnectorError::kind)).collect::<Vec<_>>(), "postgres apply done");
             applied
         }
         .instrument(span)
@@ -878,11 +1066,26 @@ impl Connector for PostgresConnector {
     }
 
     async fn verify(&self, task: &Task) -> Result<Evidence, ConnectorError> {
-        let span = tracing::debug_span!("postgres.verify", system = %self.system, task_id = %task.task_id, action = task.action.as_str());
+        single(self.verify_batch(std::slice::from_ref(task)).await)
+    }
+
+    async fn verify_batch(&self, tasks: &[Task]) -> Vec<Result<Evidence, ConnectorError>> {
+        let span =
+            tracing::debug_span!("postgres.verify", system = %self.system, tasks = tasks.len());
         async {
-            let evidence = self.evidence(task).await?;
-            tracing::debug!(verified = evidence.verified, "postgres verify done");
-            Ok(evidence)
+            match self.evidence(tasks).await {
+                Ok(evidence) => {
+                    tracing::debug!(
+                        verified = evidence
+                            .iter()
+                            .filter(|e| e.as_ref().is_ok_and(|e| e.verified))
+                            .count(),
+                        "postgres verify done"
+                    );
+                    evidence
+                }
+                Err(err) => tasks.iter().map(|_| Err(err.clone())).collect(),
+            }
         }
         .instrument(span)
         .await

@@ -143,6 +143,47 @@ pub trait Connector: Send + Sync {
     /// Reads the target back and says whether the task's effect holds.
     async fn verify(&self, task: &Task) -> Result<Evidence, ConnectorError>;
 
+    /// How many tasks `apply_batch` and `verify_batch` take at once, and how many people
+    /// `discover_batch` looks for at once. The default, 1, sends everything one by one;
+    /// connectors that change or read many targets in one round trip (one SQL script, one
+    /// query) say more, so a mass offboarding or a sweep is not one round trip per account.
+    fn max_batch(&self) -> usize {
+        1
+    }
+
+    /// Looks for several people, one result per person in order. The default looks for
+    /// them one after another.
+    async fn discover_batch(
+        &self,
+        people: &[PersonQuery],
+    ) -> Vec<Result<Vec<Account>, ConnectorError>> {
+        let mut found = Vec::with_capacity(people.len());
+        for person in people {
+            found.push(self.discover(person).await);
+        }
+        found
+    }
+
+    /// Carries out several tasks, one result per task in order. The default applies them
+    /// one after another.
+    async fn apply_batch(&self, tasks: &[Task]) -> Vec<Result<Applied, ConnectorError>> {
+        let mut applied = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            applied.push(self.apply(task).await);
+        }
+        applied
+    }
+
+    /// Reads several tasks' targets back, one result per task in order. The default reads
+    /// them one after another.
+    async fn verify_batch(&self, tasks: &[Task]) -> Vec<Result<Evidence, ConnectorError>> {
+        let mut evidence = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            evidence.push(self.verify(task).await);
+        }
+        evidence
+    }
+
     /// Every account with its last activity, for inactivity and orphan sweeps.
     async fn list_accounts(&self) -> Result<Vec<Account>, ConnectorError> {
         Err(ConnectorError::Unsupported("list accounts".into()))

@@ -62,43 +62,135 @@ pub async fn attempt(
     store: &dyn RunStore,
     task: &Task,
 ) -> Result<Attempt, StoreError> {
-    let attempts = match store.start_task(task).await? {
-        TaskStart::Finished(outcome) => return Ok(Attempt::Finished(outcome)),
-        TaskStart::Fresh => 1,
-        TaskStart::Interrupted { attempts } => {
-            // An earlier attempt may have applied the change and died before recording it:
-            // if the target already shows the wanted state, that is the proof.
-            if let Ok(evidence) = connector.verify(task).await {
-                if evidence.verified {
-                    let mut outcome = finished(task, TaskStatus::Verified, attempts + 1);
-                    outcome.evidence = Some(evidence);
-                    return Ok(Attempt::Finished(Box::new(outcome)));
-                }
+    attempt_batch(connector, store, std::slice::from_ref(task))
+        .await
+        .pop()
+        .unwrap_or_else(|| Err(StoreError::Backend("no attempt was made".into())))
+}
+
+/// Runs one attempt of each of `tasks` (all of one system), one answer per task in order.
+/// The connector gets them together (`apply_batch`, then `verify_batch` of those applied),
+/// so a connector that changes many targets in one round trip does.
+pub async fn attempt_batch(
+    connector: &dyn Connector,
+    store: &dyn RunStore,
+    tasks: &[Task],
+) -> Vec<Result<Attempt, StoreError>> {
+    let mut answers: Vec<Option<Result<Attempt, StoreError>>> =
+        tasks.iter().map(|_| None).collect();
+    let starts =
+        futures_util::future::join_all(tasks.iter().map(|task| store.start_task(task))).await;
+    // (index in `tasks`, attempt number) of the tasks still to apply.
+    let mut to_apply = Vec::new();
+    let mut interrupted = Vec::new();
+    for (index, start) in starts.into_iter().enumerate() {
+        match start {
+            Err(err) => answers[index] = Some(Err(err)),
+            Ok(TaskStart::Finished(outcome)) => {
+                answers[index] = Some(Ok(Attempt::Finished(outcome)))
             }
-            attempts + 1
+            Ok(TaskStart::Fresh) => to_apply.push((index, 1)),
+            Ok(TaskStart::Interrupted { attempts }) => interrupted.push((index, attempts + 1)),
         }
-    };
-    let change = match connector.apply(task).await {
-        Ok(change) => change,
-        Err(error) => return Ok(failure(task, attempts, error, "apply")),
-    };
-    let evidence = match connector.verify(task).await {
-        Ok(evidence) => evidence,
-        Err(error) => return Ok(failure(task, attempts, error, "verify")),
-    };
-    let mut outcome = if evidence.verified {
-        finished(task, TaskStatus::Verified, attempts)
+    }
+    // An earlier attempt may have applied the change and died before recording it: if the
+    // target already shows the wanted state, that is the proof.
+    if !interrupted.is_empty() {
+        let read = connector.verify_batch(&pick(tasks, &interrupted)).await;
+        for ((index, attempts), evidence) in interrupted.into_iter().zip(answered(read, "verify")) {
+            match evidence {
+                Ok(evidence) if evidence.verified => {
+                    let mut outcome = finished(&tasks[index], TaskStatus::Verified, attempts);
+                    outcome.evidence = Some(evidence);
+                    answers[index] = Some(Ok(Attempt::Finished(Box::new(outcome))));
+                }
+                _ => to_apply.push((index, attempts)),
+            }
+        }
+    }
+    let applied = connector.apply_batch(&pick(tasks, &to_apply)).await;
+    let mut to_verify = Vec::new();
+    let mut changes = Vec::new();
+    for ((index, attempts), change) in to_apply.into_iter().zip(answered(applied, "apply")) {
+        match change {
+            Ok(change) => {
+                to_verify.push((index, attempts));
+                changes.push(change);
+            }
+            Err(error) => {
+                answers[index] = Some(Ok(failure(&tasks[index], attempts, error, "apply")));
+            }
+        }
+    }
+    let read = if to_verify.is_empty() {
+        Vec::new()
     } else {
-        let mut outcome = finished(task, TaskStatus::Escalated, attempts);
-        outcome.error = Some(TaskError {
-            kind: ErrorKind::Unverified,
-            message: "the target, read back after the change, does not show it".into(),
-        });
-        outcome
+        connector.verify_batch(&pick(tasks, &to_verify)).await
     };
-    outcome.change = Some(change);
-    outcome.evidence = Some(evidence);
-    Ok(Attempt::Finished(Box::new(outcome)))
+    for (((index, attempts), change), evidence) in to_verify
+        .into_iter()
+        .zip(changes)
+        .zip(answered(read, "verify"))
+    {
+        let task = &tasks[index];
+        let evidence = match evidence {
+            Ok(evidence) => evidence,
+            Err(error) => {
+                answers[index] = Some(Ok(failure(task, attempts, error, "verify")));
+                continue;
+            }
+        };
+        let mut outcome = if evidence.verified {
+            finished(task, TaskStatus::Verified, attempts)
+        } else {
+            let mut outcome = finished(task, TaskStatus::Escalated, attempts);
+            outcome.error = Some(TaskError {
+                kind: ErrorKind::Unverified,
+                message: "the target, read back after the change, does not show it".into(),
+            });
+            outcome
+        };
+        outcome.change = Some(change);
+        outcome.evidence = Some(evidence);
+        answers[index] = Some(Ok(Attempt::Finished(Box::new(outcome))));
+    }
+    answers
+        .into_iter()
+        .map(|answer| {
+            answer.unwrap_or_else(|| {
+                Err(StoreError::Backend(
+                    "a task of the batch got no answer".into(),
+                ))
+            })
+        })
+        .collect()
+}
+
+/// The tasks at `picked`'s indexes.
+fn pick(tasks: &[Task], picked: &[(usize, u32)]) -> Vec<Task> {
+    picked
+        .iter()
+        .map(|(index, _)| tasks[*index].clone())
+        .collect()
+}
+
+/// A batch call's results, endlessly padded with an error should the connector have
+/// answered fewer than it was asked (a connector bug, never silently a success).
+fn answered<T>(
+    results: Vec<Result<T, ConnectorError>>,
+    call: &'static str,
+) -> impl Iterator<Item = Result<T, ConnectorError>> {
+    results
+        .into_iter()
+        .map(Some)
+        .chain(std::iter::repeat_with(|| None))
+        .map(move |result| {
+            result.unwrap_or_else(|| {
+                Err(ConnectorError::Permanent(format!(
+                    "the connector's {call}_batch answered fewer results than it was given tasks"
+                )))
+            })
+        })
 }
 
 /// The outcome of a task that ran out of attempts.

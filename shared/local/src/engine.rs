@@ -14,7 +14,8 @@ use deprov_core::journal;
 use deprov_core::plan::{build_plan, Discovery, Plan, PlanError, Stage, StageKind};
 use deprov_core::policy::Policy;
 use deprov_core::ports::{
-    AuditLog, Clock, EventClaim, RunRecord, RunStatus, RunStore, StoreError, TaskMessage, TaskQueue,
+    AuditLog, Clock, Delivery, EventClaim, RunRecord, RunStatus, RunStore, StoreError, TaskMessage,
+    TaskQueue,
 };
 use deprov_core::restore::{self, StoppedRun};
 use deprov_core::task::{StageRecord, TaskError, TaskOutcome, TaskStatus};
@@ -162,6 +163,18 @@ impl Engine {
         // Retries are released back with a delay, so deliveries exceed attempts; the margin
         // covers redeliveries after a worker stalled past its visibility timeout.
         let max_receives = policy.retry.max_attempts + 3;
+        // Runs starting together look for their people in batches where a connector can.
+        let connectors: BTreeMap<String, Arc<dyn Connector>> = connectors
+            .into_iter()
+            .map(|(system, connector)| {
+                let concurrency = policy.systems.get(&system).map_or(1, |c| c.concurrency);
+                let connector = deprov_connectors::coalesce_discovery(
+                    connector,
+                    usize::try_from(concurrency).unwrap_or(1),
+                );
+                (system, connector)
+            })
+            .collect();
         let mut queues = BTreeMap::new();
         let mut dead_receivers = Vec::new();
         for system in connectors.keys() {
@@ -606,7 +619,8 @@ impl Inner {
         }
     }
 
-    /// One worker of one system: receive, attempt, record or retry.
+    /// One worker of one system: receive up to the connector's batch, attempt them
+    /// together, then record or retry each.
     async fn work(&self, system: &str, limiter: Option<&RateLimiter>) {
         let (Some(queue), Some(connector)) = (self.queues.get(system), self.connectors.get(system))
         else {
@@ -614,8 +628,9 @@ impl Inner {
         };
         // Leave the attempt time to give up before the message becomes visible to others.
         let attempt_timeout = self.options.visibility_timeout.mul_f64(0.9);
+        let batch = connector.max_batch().max(1);
         loop {
-            let deliveries = match queue.receive(1, Duration::from_secs(5)).await {
+            let deliveries = match queue.receive(batch, Duration::from_secs(5)).await {
                 Ok(deliveries) => deliveries,
                 Err(err) => {
                     tracing::error!(system, error = %err, "queue receive failed");
@@ -623,71 +638,93 @@ impl Inner {
                     continue;
                 }
             };
-            for delivery in deliveries {
-                let task = &delivery.message.task;
-                let span = tracing::info_span!("task", run_id = %task.run_id, task_id = %task.task_id, system);
-                let _guard = span.enter();
-                if let Some(limiter) = limiter {
+            if deliveries.is_empty() {
+                continue;
+            }
+            let span = tracing::info_span!("tasks", system, count = deliveries.len());
+            let _guard = span.enter();
+            if let Some(limiter) = limiter {
+                for _ in &deliveries {
                     limiter.acquire().await;
                 }
-                let attempted = tokio::time::timeout(
-                    attempt_timeout,
-                    worker::attempt(connector.as_ref(), self.store.as_ref(), task),
-                )
-                .await;
-                let result = match attempted {
-                    Ok(result) => result,
-                    Err(_) => Ok(Attempt::Retry {
-                        attempts: delivery.receive_count,
-                        error: TaskError {
-                            kind: ErrorKind::Transient,
-                            message: format!(
-                                "attempt timed out after {}s",
-                                attempt_timeout.as_secs()
-                            ),
-                        },
-                        retry_after: None,
-                    }),
-                };
-                let outcome = match result {
-                    Ok(Attempt::Finished(outcome)) => *outcome,
-                    Ok(Attempt::Retry {
-                        attempts,
-                        error,
-                        retry_after,
-                    }) if attempts < self.policy.retry.max_attempts => {
-                        let delay =
-                            self.policy
-                                .retry
-                                .backoff(attempts, retry_after, fastrand::f64());
-                        tracing::info!(attempts, delay_ms = delay.as_millis() as u64, error = %error.message, "retrying");
-                        let _ = queue.release(&delivery.receipt, delay).await;
-                        continue;
-                    }
-                    Ok(Attempt::Retry {
-                        attempts, error, ..
-                    }) => worker::gave_up(task, attempts, error),
-                    Err(err) => {
-                        tracing::error!(error = %err, "cannot reach the store; the task will be retried");
-                        let _ = queue
-                            .release(&delivery.receipt, Duration::from_secs(1))
-                            .await;
-                        continue;
-                    }
-                };
-                // The audit record follows when the stage closes (RecordStage on AWS).
-                match self.store.complete_task(&outcome).await {
-                    Ok(winner) => {
-                        let _ = queue.ack(&delivery.receipt).await;
-                        self.deliver(winner);
-                    }
-                    Err(err) => {
-                        tracing::error!(error = %err, "cannot record the outcome; the task will be retried");
-                        let _ = queue
-                            .release(&delivery.receipt, Duration::from_secs(1))
-                            .await;
-                    }
-                }
+            }
+            let tasks: Vec<_> = deliveries.iter().map(|d| d.message.task.clone()).collect();
+            let attempted = tokio::time::timeout(
+                attempt_timeout,
+                worker::attempt_batch(connector.as_ref(), self.store.as_ref(), &tasks),
+            )
+            .await;
+            let mut results = match attempted {
+                Ok(results) => results.into_iter().map(Some).collect(),
+                Err(_) => Vec::new(),
+            };
+            results.resize_with(deliveries.len(), || None);
+            // Settled together: each waits for its own store commit.
+            futures_util::future::join_all(
+                deliveries.iter().zip(results).map(|(delivery, result)| {
+                    self.settle(queue, delivery, result, attempt_timeout)
+                }),
+            )
+            .await;
+        }
+    }
+
+    /// Records a delivery's attempt (`None`: it timed out), or releases it to be retried.
+    async fn settle(
+        &self,
+        queue: &LocalQueue,
+        delivery: &Delivery,
+        result: Option<Result<Attempt, StoreError>>,
+        attempt_timeout: Duration,
+    ) {
+        let task = &delivery.message.task;
+        let result = result.unwrap_or_else(|| {
+            Ok(Attempt::Retry {
+                attempts: delivery.receive_count,
+                error: TaskError {
+                    kind: ErrorKind::Transient,
+                    message: format!("attempt timed out after {}s", attempt_timeout.as_secs()),
+                },
+                retry_after: None,
+            })
+        });
+        let outcome = match result {
+            Ok(Attempt::Finished(outcome)) => *outcome,
+            Ok(Attempt::Retry {
+                attempts,
+                error,
+                retry_after,
+            }) if attempts < self.policy.retry.max_attempts => {
+                let delay = self
+                    .policy
+                    .retry
+                    .backoff(attempts, retry_after, fastrand::f64());
+                tracing::info!(task_id = %task.task_id, attempts, delay_ms = delay.as_millis() as u64, error = %error.message, "retrying");
+                let _ = queue.release(&delivery.receipt, delay).await;
+                return;
+            }
+            Ok(Attempt::Retry {
+                attempts, error, ..
+            }) => worker::gave_up(task, attempts, error),
+            Err(err) => {
+                tracing::error!(task_id = %task.task_id, error = %err, "cannot reach the store; the task will be retried");
+                let _ = queue
+                    .release(&delivery.receipt, Duration::from_secs(1))
+                    .await;
+                return;
+            }
+        };
+        // The audit record follows when the stage closes (RecordStage on AWS).
+        match self.store.complete_task(&outcome).await {
+            Ok(winner) => {
+                let _ = queue.ack(&delivery.receipt).await;
+                self.deliver(winner);
+            }
+            Err(err) => {
+                tracing::error!(task_id = %task.task_id, error = %err, "cannot record the outcome; the task will be retried");
+                let _ = queue
+                    .release(&delivery.receipt, Duration::from_secs(1))
+                    .await;
             }
         }
     }

@@ -1,0 +1,127 @@
+//! Discovery coalescing: many runs starting at once (a sweep, a mass offboarding, a burst
+//! from HR) each look for their person on the same system. For a connector that can look
+//! for many people in one round trip (`max_batch` > 1), their searches are gathered into
+//! `discover_batch` calls instead of one call per person. Nothing waits on a timer: a
+//! batch is whatever is queued when a search slot frees up, so a lone run is not delayed.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use deprov_core::plan::{StageKind, Task};
+use deprov_core::{Account, Applied, Connector, ConnectorError, Evidence, PersonQuery};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+type Found = Result<Vec<Account>, ConnectorError>;
+
+struct Search {
+    person: PersonQuery,
+    reply: oneshot::Sender<Found>,
+}
+
+/// `connector` with its discoveries gathered into batches, at most `concurrency` batches
+/// at once; a connector without batches (`max_batch` 1) is returned as it is. Must be
+/// called within a Tokio runtime.
+pub fn coalesce_discovery(connector: Arc<dyn Connector>, concurrency: usize) -> Arc<dyn Connector> {
+    let max_batch = connector.max_batch();
+    if max_batch <= 1 {
+        return connector;
+    }
+    let (searches, mut queued) = mpsc::unbounded_channel::<Search>();
+    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+    let inner = Arc::clone(&connector);
+    tokio::spawn(async move {
+        loop {
+            // Hold a slot before taking searches: while every slot is busy, searches queue
+            // up and the next batch takes them all.
+            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                return;
+            };
+            let Some(first) = queued.recv().await else {
+                return;
+            };
+            let mut batch = vec![first];
+            while batch.len() < max_batch {
+                match queued.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            let inner = Arc::clone(&inner);
+            tokio::spawn(async move {
+                let people: Vec<PersonQuery> =
+                    batch.iter().map(|search| search.person.clone()).collect();
+                let mut found = inner.discover_batch(&people).await.into_iter();
+                for search in batch {
+                    let answer = found.next().unwrap_or_else(|| {
+                        Err(ConnectorError::Permanent(
+                            "the connector's discover_batch answered fewer results than it was given people".into(),
+                        ))
+                    });
+                    let _ = search.reply.send(answer);
+                }
+                drop(slot);
+            });
+        }
+    });
+    Arc::new(Coalesced {
+        inner: connector,
+        searches,
+    })
+}
+
+struct Coalesced {
+    inner: Arc<dyn Connector>,
+    searches: mpsc::UnboundedSender<Search>,
+}
+
+#[async_trait]
+impl Connector for Coalesced {
+    fn supports(&self) -> &[StageKind] {
+        self.inner.supports()
+    }
+
+    fn max_batch(&self) -> usize {
+        self.inner.max_batch()
+    }
+
+    async fn discover(&self, person: &PersonQuery) -> Result<Vec<Account>, ConnectorError> {
+        let (reply, answer) = oneshot::channel();
+        let search = Search {
+            person: person.clone(),
+            reply,
+        };
+        if self.searches.send(search).is_err() {
+            // The gathering task is gone (the runtime is shutting down): search directly.
+            return self.inner.discover(person).await;
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(ConnectorError::Transient(
+                "the discovery batch was dropped before it answered".into(),
+            ))
+        })
+    }
+
+    async fn discover_batch(&self, people: &[PersonQuery]) -> Vec<Found> {
+        self.inner.discover_batch(people).await
+    }
+
+    async fn apply(&self, task: &Task) -> Result<Applied, ConnectorError> {
+        self.inner.apply(task).await
+    }
+
+    async fn apply_batch(&self, tasks: &[Task]) -> Vec<Result<Applied, ConnectorError>> {
+        self.inner.apply_batch(tasks).await
+    }
+
+    async fn verify(&self, task: &Task) -> Result<Evidence, ConnectorError> {
+        self.inner.verify(task).await
+    }
+
+    async fn verify_batch(&self, tasks: &[Task]) -> Vec<Result<Evidence, ConnectorError>> {
+        self.inner.verify_batch(tasks).await
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<Account>, ConnectorError> {
+        self.inner.list_accounts().await
+    }
+}
