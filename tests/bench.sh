@@ -96,12 +96,12 @@ printf '  postgres  psql, one script            %6.2f s = %s accounts/s\n' "$(aw
 echo
 DEPROV_BENCH_LDAP_PASSWORD="$LDAP_ADMIN_PASSWORD" "$deprov" bench ldap --url "$LDAP_URL" \
   --base-dn "$LDAP_PEOPLE_DN" --group-base-dn "$LDAP_GROUPS_DN" --bind-dn "$LDAP_ADMIN_DN" \
-  --accounts "$accounts" --prefix bench- --concurrency 8 --in-flight 64 | tee "$work/ldap.out"
+  --accounts "$accounts" --prefix bench- --concurrency 8 | tee "$work/ldap.out"
 if ldapwhoami -x -H "$LDAP_URL" -D "uid=bench-0,$LDAP_PEOPLE_DN" -w "$ACCOUNT_PASSWORD" >/dev/null 2>&1; then
   echo "bench-0 still binds after deprov" >&2; exit 1
 fi
 DEPROV_BENCH_PG_PASSWORD="$PG_PASSWORD" "$deprov" bench postgres --host "$PG_HOST" --port "$PG_PORT" \
-  --user "$PG_USER" --accounts "$accounts" --prefix bench- --concurrency 8 --in-flight 64 | tee "$work/pg.out"
+  --user "$PG_USER" --accounts "$accounts" --prefix bench- --concurrency 8 | tee "$work/pg.out"
 
 deprov_ldap=$(awk '/throughput/ { print $2 }' "$work/ldap.out")
 deprov_pg=$(awk '/throughput/ { print $2 }' "$work/pg.out")

@@ -49,9 +49,6 @@ pub struct AccountsArgs {
     /// Worker concurrency on the system: tasks applied and verified at once.
     #[arg(long, default_value_t = 8)]
     concurrency: u32,
-    /// Runs (discovery + plan + tasks) in flight at once; defaults to --concurrency.
-    #[arg(long)]
-    in_flight: Option<usize>,
 }
 
 #[derive(Args)]
@@ -94,9 +91,6 @@ pub struct OrchestratorArgs {
     /// People to terminate (10 tasks each).
     #[arg(long, default_value_t = 2000)]
     people: usize,
-    /// Runs submitted at once.
-    #[arg(long, default_value_t = 512)]
-    in_flight: usize,
     /// Workers on the benchmark system.
     #[arg(long, default_value_t = 128)]
     concurrency: u32,
@@ -157,33 +151,13 @@ fn termination(source: &str, index: usize, username: &str, email: &str) -> Lifec
     }
 }
 
-/// Submits every event, at most `in_flight` at once; returns verified and other task counts.
-async fn submit_all(
-    engine: Arc<Engine>,
-    events: Vec<LifecycleEvent>,
-    in_flight: usize,
-) -> Result<(usize, usize), Failure> {
-    let limit = Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
-    let mut runs = tokio::task::JoinSet::new();
-    for event in events {
-        let permit = Arc::clone(&limit)
-            .acquire_owned()
-            .await
-            .map_err(Failure::failed)?;
-        let engine = Arc::clone(&engine);
-        runs.spawn(async move {
-            let report = engine.submit(&event).await;
-            drop(permit);
-            report
-        });
-    }
-    let (mut verified, mut other) = (0, 0);
-    while let Some(joined) = runs.join_next().await {
-        let report = joined.map_err(Failure::failed)??;
-        verified += report.count(TaskStatus::Verified);
-        other += report.outcomes.len() - report.count(TaskStatus::Verified);
-    }
-    Ok((verified, other))
+/// Submits every event together (`Engine::submit_many`, as a sweep or a mass offboarding
+/// does); returns verified and other task counts.
+async fn submit_all(engine: &Engine, events: &[LifecycleEvent]) -> Result<(usize, usize), Failure> {
+    let reports = engine.submit_many(events).await?;
+    let verified: usize = reports.iter().map(|r| r.count(TaskStatus::Verified)).sum();
+    let all: usize = reports.iter().map(|r| r.outcomes.len()).sum();
+    Ok((verified, all - verified))
 }
 
 async fn orchestrator(args: OrchestratorArgs) -> Result<u8, Failure> {
@@ -230,7 +204,7 @@ max_tasks_per_run = 100
         store.path().display()
     );
     let started = Instant::now();
-    let (verified, other) = submit_all(Arc::clone(&engine), events, args.in_flight).await?;
+    let (verified, other) = submit_all(&engine, &events).await?;
     let elapsed = started.elapsed();
     let verify_started = Instant::now();
     let (runs, records, broken) = verify_runs(store.as_ref(), None).await?;
@@ -347,7 +321,7 @@ stages = ["disable"]
             None,
         ));
         let started = Instant::now();
-        let (verified, other) = submit_all(engine, events, concurrency as usize).await?;
+        let (verified, other) = submit_all(&engine, &events).await?;
         let elapsed = started.elapsed().max(Duration::from_micros(1));
         println!(
             "  concurrency {concurrency:>3}: {verified} verified ({other} not) in {:.2} s = {:.1} revocations/s (discover + disable + read back)",
@@ -450,14 +424,14 @@ async fn directory_bench(
         EngineOptions::default(),
         None,
     ));
-    let in_flight = args.in_flight.unwrap_or(args.concurrency as usize);
     let started = Instant::now();
-    let (verified, other) = submit_all(engine, events, in_flight).await?;
+    let (verified, other) = submit_all(&engine, &events).await?;
     let elapsed = started.elapsed().max(Duration::from_micros(1));
     let (runs, records, broken) = verify_runs(store.as_ref(), None).await?;
     println!(
-        "  concurrency {} ({in_flight} runs in flight): {verified} verified ({other} not) in {:.2} s",
+        "  concurrency {}, all {} runs submitted together: {verified} verified ({other} not) in {:.2} s",
         args.concurrency,
+        args.accounts,
         elapsed.as_secs_f64()
     );
     println!(

@@ -162,6 +162,69 @@ pub trait RunStore: Send + Sync {
     async fn complete_task(&self, outcome: &TaskOutcome) -> Result<TaskOutcome, StoreError>;
     async fn task_outcomes(&self, run_id: &str) -> Result<Vec<TaskOutcome>, StoreError>;
 
+    // Batches of the calls above, for many runs or tasks at once (a sweep, a mass
+    // offboarding, a worker's batch). The defaults make one call per item in order; a store
+    // that can do better answers a batch in one round trip.
+
+    /// `claim_event` of each `(source, event_id, run_id)`.
+    async fn claim_events(
+        &self,
+        claims: &[(String, String, String)],
+    ) -> Result<Vec<EventClaim>, StoreError> {
+        let mut found = Vec::with_capacity(claims.len());
+        for (source, event_id, run_id) in claims {
+            found.push(self.claim_event(source, event_id, run_id).await?);
+        }
+        Ok(found)
+    }
+    async fn put_runs(&self, runs: &[RunRecord]) -> Result<(), StoreError> {
+        for run in runs {
+            self.put_run(run).await?;
+        }
+        Ok(())
+    }
+    async fn run_statuses(&self, run_ids: &[String]) -> Result<Vec<Option<RunStatus>>, StoreError> {
+        let mut statuses = Vec::with_capacity(run_ids.len());
+        for run_id in run_ids {
+            statuses.push(self.run_status(run_id).await?);
+        }
+        Ok(statuses)
+    }
+    /// `task_outcomes` of each run.
+    async fn task_outcomes_of(
+        &self,
+        run_ids: &[String],
+    ) -> Result<Vec<Vec<TaskOutcome>>, StoreError> {
+        let mut outcomes = Vec::with_capacity(run_ids.len());
+        for run_id in run_ids {
+            outcomes.push(self.task_outcomes(run_id).await?);
+        }
+        Ok(outcomes)
+    }
+    async fn start_tasks(&self, tasks: &[Task]) -> Vec<Result<TaskStart, StoreError>> {
+        let mut starts = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            starts.push(self.start_task(task).await);
+        }
+        starts
+    }
+    async fn complete_tasks(
+        &self,
+        outcomes: &[TaskOutcome],
+    ) -> Vec<Result<TaskOutcome, StoreError>> {
+        let mut winners = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            winners.push(self.complete_task(outcome).await);
+        }
+        winners
+    }
+    async fn record_people(&self, people: &[PersonRecord]) -> Result<(), StoreError> {
+        for person in people {
+            self.record_person(person).await?;
+        }
+        Ok(())
+    }
+
     /// Records a person as an HR event described them (`PERSON#<id>`), unless the stored
     /// record reflects a later effective time.
     async fn record_person(&self, _person: &PersonRecord) -> Result<(), StoreError> {

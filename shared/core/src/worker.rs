@@ -78,8 +78,7 @@ pub async fn attempt_batch(
 ) -> Vec<Result<Attempt, StoreError>> {
     let mut answers: Vec<Option<Result<Attempt, StoreError>>> =
         tasks.iter().map(|_| None).collect();
-    let starts =
-        futures_util::future::join_all(tasks.iter().map(|task| store.start_task(task))).await;
+    let starts = store.start_tasks(tasks).await;
     // (index in `tasks`, attempt number) of the tasks still to apply.
     let mut to_apply = Vec::new();
     let mut interrupted = Vec::new();

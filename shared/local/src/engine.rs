@@ -21,12 +21,17 @@ use deprov_core::restore::{self, StoppedRun};
 use deprov_core::task::{StageRecord, TaskError, TaskOutcome, TaskStatus};
 use deprov_core::worker::{self, Attempt};
 use deprov_core::{Connector, ErrorKind, LifecycleEvent};
+use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::queue::LocalQueue;
 use deprov_connectors::discover;
+
+/// Discoveries (with their connectors' retries) in flight at once when many runs start
+/// together; connectors that take people in batches gather them further.
+const DISCOVERIES_AT_ONCE: usize = 64;
 
 /// What the engine tells an observer (the CLI's progress display) as a run advances.
 #[derive(Clone, Debug)]
@@ -246,85 +251,36 @@ impl Engine {
     /// Takes an event: a new one is planned and run, a duplicate resumes the run it started,
     /// a rehire or cancel stops the person's pending runs.
     pub async fn submit(&self, event: &LifecycleEvent) -> Result<RunReport, EngineError> {
-        let inner = &self.inner;
-        let run_id = ids::run_id(&event.source, &event.event_id);
-        let claim = inner
-            .store
-            .claim_event(&event.source, &event.event_id, &run_id)
-            .await?;
-        if let EventClaim::Existing(existing) = &claim {
-            if inner.store.get_run(existing).await?.is_some() {
-                let mut report = inner.drive(existing).await?;
-                report.duplicate = true;
-                return Ok(report);
-            }
-        }
-        // The person as HR describes them now (`PERSON#`): orphan detection's reference.
-        if let Some(person) = deprov_core::people::PersonRecord::from_event(event) {
-            inner.store.record_person(&person).await?;
-        }
-        let plan = if event.kind.stops_pending_runs() {
-            let stopped = inner.stop_runs(event, &run_id).await?;
-            inner.restore_plan(event, &stopped).await?
-        } else {
-            let discoveries = inner.discover(event).await?;
-            match build_plan(event, &inner.policy, &discoveries) {
-                Ok(plan) => plan,
-                Err(refusal) => {
-                    inner
-                        .audit
-                        .append(journal::plan_refused(
-                            &run_id,
-                            event,
-                            &refusal.to_string(),
-                            &inner.policy.version,
-                        ))
-                        .await?;
-                    return Ok(RunReport {
-                        run_id,
-                        status: RunStatus::Refused,
-                        duplicate: matches!(claim, EventClaim::Existing(_)),
-                        plan: None,
-                        outcomes: Vec::new(),
-                        refused: Some(refusal.to_string()),
-                        wake_at: None,
-                        stopped_runs: Vec::new(),
-                    });
-                }
-            }
-        };
-        inner.audit.append(journal::plan_recorded(&plan)).await?;
-        let now = inner.clock.now();
-        // A run held for approval waits until its deadline, then escalates.
-        let approval_deadline = (!plan.approval.is_empty()).then(|| {
-            now + chrono::Duration::from_std(inner.policy.approvals.timeout.0)
-                .unwrap_or(chrono::Duration::MAX)
-        });
-        inner
-            .store
-            .put_run(&RunRecord {
-                run_id: run_id.clone(),
-                person_id: event.person.id.clone(),
-                status: if approval_deadline.is_some() {
-                    RunStatus::AwaitingApproval
-                } else {
-                    RunStatus::Running
-                },
-                plan: plan.clone(),
-                next_stage: 0,
-                wake_at: approval_deadline,
-                created_at: now,
-                updated_at: now,
+        self.inner
+            .start_runs(std::slice::from_ref(event))
+            .await?
+            .pop()
+            .ok_or_else(|| {
+                EngineError::Store(StoreError::Backend("no report for the event".into()))
             })
-            .await?;
-        inner.emit(Progress::Planned(Box::new(plan)));
-        let mut report = inner.drive(&run_id).await?;
-        report.stopped_runs = report
-            .plan
-            .as_ref()
-            .map(|plan| plan.stops.clone())
-            .unwrap_or_default();
-        Ok(report)
+    }
+
+    /// Takes many events at once (a sweep's findings, an approved quarantine, a mass
+    /// offboarding): one report per event, in order. The runs they start are discovered,
+    /// planned, recorded and run together, so each store write and each connector round
+    /// trip serves many runs. A rehire or cancel is taken on its own, in its place: after
+    /// the events before it, before those after it.
+    pub async fn submit_many(
+        &self,
+        events: &[LifecycleEvent],
+    ) -> Result<Vec<RunReport>, EngineError> {
+        let mut reports = Vec::with_capacity(events.len());
+        let mut rest = events;
+        while !rest.is_empty() {
+            let together = match rest.iter().position(|e| e.kind.stops_pending_runs()) {
+                Some(0) => 1,
+                Some(stop) => stop,
+                None => rest.len(),
+            };
+            reports.extend(self.inner.start_runs(&rest[..together]).await?);
+            rest = &rest[together..];
+        }
+        Ok(reports)
     }
 
     /// Continues one run as far as it can go now.
@@ -389,11 +345,13 @@ impl Engine {
     /// became due.
     pub async fn resume_due(&self) -> Result<Vec<RunReport>, EngineError> {
         let due = self.inner.store.due_runs(self.inner.clock.now()).await?;
-        let mut reports = Vec::new();
+        let mut runs = Vec::with_capacity(due.len());
         for run_id in due {
-            reports.push(self.inner.drive(&run_id).await?);
+            if let Some(run) = self.inner.store.get_run(&run_id).await? {
+                runs.push(run);
+            }
         }
-        Ok(reports)
+        self.inner.drive_many(runs).await
     }
 }
 
@@ -414,163 +372,436 @@ impl Inner {
         .await?)
     }
 
+    /// Claims, plans, records and runs the events' runs together (`Engine::submit_many`
+    /// hands it either plain events or one rehire or cancel).
+    async fn start_runs(&self, events: &[LifecycleEvent]) -> Result<Vec<RunReport>, EngineError> {
+        let run_ids: Vec<String> = events
+            .iter()
+            .map(|event| ids::run_id(&event.source, &event.event_id))
+            .collect();
+        let claims: Vec<(String, String, String)> = events
+            .iter()
+            .zip(&run_ids)
+            .map(|(event, run_id)| (event.source.clone(), event.event_id.clone(), run_id.clone()))
+            .collect();
+        let claims = self.store.claim_events(&claims).await?;
+        let mut reports: Vec<Option<RunReport>> = events.iter().map(|_| None).collect();
+        // Events seen before resume the run they started; the others are planned.
+        let mut resumed = Vec::new();
+        let mut fresh = Vec::new();
+        for (index, claim) in claims.iter().enumerate() {
+            match claim {
+                EventClaim::Existing(existing) => match self.store.get_run(existing).await? {
+                    Some(run) => resumed.push((index, run)),
+                    // Claimed, but the crash came before the run was stored: plan it again.
+                    None => fresh.push(index),
+                },
+                EventClaim::New => fresh.push(index),
+            }
+        }
+        // The people as HR describes them now (`PERSON#`): orphan detection's reference.
+        let people: Vec<_> = fresh
+            .iter()
+            .filter_map(|&index| deprov_core::people::PersonRecord::from_event(&events[index]))
+            .collect();
+        if !people.is_empty() {
+            self.store.record_people(&people).await?;
+        }
+        let plans = self.plan_all(events, &run_ids, &fresh).await?;
+        let mut refusals = Vec::new();
+        let mut planned = Vec::new();
+        for (index, plan) in fresh.into_iter().zip(plans) {
+            match plan {
+                Ok(plan) => planned.push((index, plan)),
+                Err(refusal) => {
+                    let event = &events[index];
+                    refusals.push(journal::plan_refused(
+                        &run_ids[index],
+                        event,
+                        &refusal.to_string(),
+                        &self.policy.version,
+                    ));
+                    reports[index] = Some(RunReport {
+                        run_id: run_ids[index].clone(),
+                        status: RunStatus::Refused,
+                        duplicate: matches!(claims[index], EventClaim::Existing(_)),
+                        plan: None,
+                        outcomes: Vec::new(),
+                        refused: Some(refusal.to_string()),
+                        wake_at: None,
+                        stopped_runs: Vec::new(),
+                    });
+                }
+            }
+        }
+        if !refusals.is_empty() {
+            self.audit.append_batch(refusals).await?;
+        }
+        let now = self.clock.now();
+        let records: Vec<RunRecord> = planned
+            .iter()
+            .map(|(index, plan)| {
+                // A run held for approval waits until its deadline, then escalates.
+                let approval_deadline = (!plan.approval.is_empty()).then(|| {
+                    now + chrono::Duration::from_std(self.policy.approvals.timeout.0)
+                        .unwrap_or(chrono::Duration::MAX)
+                });
+                RunRecord {
+                    run_id: run_ids[*index].clone(),
+                    person_id: events[*index].person.id.clone(),
+                    status: if approval_deadline.is_some() {
+                        RunStatus::AwaitingApproval
+                    } else {
+                        RunStatus::Running
+                    },
+                    plan: plan.clone(),
+                    next_stage: 0,
+                    wake_at: approval_deadline,
+                    created_at: now,
+                    updated_at: now,
+                }
+            })
+            .collect();
+        if !records.is_empty() {
+            self.audit
+                .append_batch(
+                    records
+                        .iter()
+                        .map(|run| journal::plan_recorded(&run.plan))
+                        .collect(),
+                )
+                .await?;
+            self.store.put_runs(&records).await?;
+        }
+        for run in &records {
+            self.emit(Progress::Planned(Box::new(run.plan.clone())));
+        }
+        // (index of the event, whether it resumes the run an earlier delivery started)
+        let mut order: Vec<(usize, bool)> =
+            planned.iter().map(|(index, _)| (*index, false)).collect();
+        let mut runs = records;
+        for (index, run) in resumed {
+            order.push((index, true));
+            runs.push(run);
+        }
+        let driven = self.drive_many(runs).await?;
+        for ((index, duplicate), mut report) in order.into_iter().zip(driven) {
+            report.duplicate = duplicate;
+            report.stopped_runs = report
+                .plan
+                .as_ref()
+                .map(|plan| plan.stops.clone())
+                .unwrap_or_default();
+            reports[index] = Some(report);
+        }
+        reports
+            .into_iter()
+            .map(|report| {
+                report.ok_or_else(|| {
+                    EngineError::Store(StoreError::Backend("an event got no report".into()))
+                })
+            })
+            .collect()
+    }
+
+    /// The plan of each event at `fresh`, in order. Discoveries run concurrently (a
+    /// connector that takes people in batches gets them together); a rehire or cancel first
+    /// stops the person's open runs and plans what to restore.
+    async fn plan_all(
+        &self,
+        events: &[LifecycleEvent],
+        run_ids: &[String],
+        fresh: &[usize],
+    ) -> Result<Vec<Result<Plan, PlanError>>, EngineError> {
+        let planning = fresh.iter().copied().map(|index| async move {
+            let event = &events[index];
+            if event.kind.stops_pending_runs() {
+                let stopped = self.stop_runs(event, &run_ids[index]).await?;
+                return Ok(Ok(self.restore_plan(event, &stopped).await?));
+            }
+            let discoveries = match self.discover(event).await {
+                Ok(discoveries) => discoveries,
+                Err(EngineError::Plan(refusal)) => return Ok(Err(refusal)),
+                Err(err) => return Err(err),
+            };
+            Ok(build_plan(event, &self.policy, &discoveries))
+        });
+        futures_util::stream::iter(planning)
+            .buffered(DISCOVERIES_AT_ONCE)
+            .try_collect()
+            .await
+    }
+
     async fn drive(&self, run_id: &str) -> Result<RunReport, EngineError> {
-        let mut run = self
+        let run = self
             .store
             .get_run(run_id)
             .await?
             .ok_or_else(|| StoreError::UnknownRun(run_id.to_string()))?;
-        if run.status == RunStatus::AwaitingApproval {
-            let until = run.wake_at.unwrap_or(run.updated_at);
-            if until <= self.clock.now() {
-                self.audit
-                    .append(journal::approval_timed_out(
-                        &run.run_id,
-                        &run.person_id,
-                        until,
-                    ))
-                    .await?;
-                self.cancel_all(
-                    &mut run,
-                    "no approval before the deadline",
-                    RunStatus::Running,
-                )
-                .await?;
-                self.finish(&mut run).await?;
-            } else {
-                // Written once (same key) even when a crash came between plan and request.
-                self.audit
-                    .append(journal::approval_requested(&run.plan, until))
-                    .await?;
-            }
-        }
-        while matches!(run.status, RunStatus::Running | RunStatus::Waiting) {
-            let Some(stage) = run.plan.stages.get(run.next_stage).cloned() else {
-                self.finish(&mut run).await?;
-                break;
-            };
-            let now = self.clock.now();
-            if stage.not_before > now {
-                let wake_at = stage.not_before.with_timezone(&Utc);
-                if run.status != RunStatus::Waiting || run.wake_at != Some(wake_at) {
-                    self.audit
-                        .append(journal::stage_deferred(
-                            &run.run_id,
-                            &run.person_id,
-                            stage.stage,
-                            stage.not_before,
-                            stage.tasks.len(),
-                        ))
-                        .await?;
-                    run.status = RunStatus::Waiting;
-                    run.wake_at = Some(wake_at);
-                    run.updated_at = now;
-                    self.store.put_run(&run).await?;
-                }
-                self.emit(Progress::StageDeferred {
-                    run_id: run.run_id.clone(),
-                    stage,
-                });
-                break;
-            }
-            if run.status != RunStatus::Running {
-                run.status = RunStatus::Running;
-                run.wake_at = None;
-                run.updated_at = now;
-                self.store.put_run(&run).await?;
-            }
-            self.emit(Progress::StageStarted {
-                run_id: run.run_id.clone(),
-                stage: stage.clone(),
-            });
-            let outcomes = self.run_stage(&stage).await?;
-            let record = StageRecord::tally(
-                &run.run_id,
-                stage.stage,
-                &outcomes.iter().collect::<Vec<_>>(),
-            );
-            self.audit
-                .append(journal::stage_completed(&record, &run.person_id))
-                .await?;
-            self.emit(Progress::StageFinished(record));
-            // A rehire or cancel may have stopped the run while this stage ran.
-            if self.store.run_status(&run.run_id).await? == Some(RunStatus::Cancelled) {
-                run.status = RunStatus::Cancelled;
-                break;
-            }
-            run.next_stage += 1;
-            run.updated_at = self.clock.now();
-            self.store.put_run(&run).await?;
-        }
-        let outcomes = self.store.task_outcomes(&run.run_id).await?;
-        Ok(RunReport {
-            run_id: run.run_id.clone(),
-            status: run.status,
-            duplicate: false,
-            wake_at: run
-                .wake_at
-                .filter(|_| matches!(run.status, RunStatus::Waiting | RunStatus::AwaitingApproval)),
-            plan: Some(run.plan),
-            outcomes,
-            refused: None,
-            stopped_runs: Vec::new(),
-        })
+        self.drive_many(vec![run])
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::UnknownRun(run_id.to_string()).into())
     }
 
-    /// Sends the stage's unfinished tasks to their systems' queues and waits for every
-    /// outcome.
-    async fn run_stage(&self, stage: &Stage) -> Result<Vec<TaskOutcome>, EngineError> {
-        let run_id = stage
-            .tasks
-            .first()
-            .map(|t| t.run_id.clone())
-            .unwrap_or_default();
+    /// Continues each run as far as it can go now. The runs move stage by stage together:
+    /// their due stages' tasks are in the queues at once, and each step's writes (task and
+    /// stage records, run states) go to the store in one batch. One report per run, in order.
+    async fn drive_many(&self, mut runs: Vec<RunRecord>) -> Result<Vec<RunReport>, EngineError> {
+        for run in runs.iter_mut() {
+            if run.status == RunStatus::AwaitingApproval {
+                self.await_approval(run).await?;
+            }
+        }
+        let mut moving: Vec<usize> = (0..runs.len())
+            .filter(|&index| matches!(runs[index].status, RunStatus::Running | RunStatus::Waiting))
+            .collect();
+        while !moving.is_empty() {
+            let now = self.clock.now();
+            let mut due = Vec::new();
+            let mut finishing = Vec::new();
+            let mut restarted = Vec::new();
+            for &index in &moving {
+                let run = &mut runs[index];
+                let Some(stage) = run.plan.stages.get(run.next_stage).cloned() else {
+                    finishing.push(index);
+                    continue;
+                };
+                if stage.not_before > now {
+                    self.defer(run, stage, now).await?;
+                    continue;
+                }
+                if run.status != RunStatus::Running {
+                    run.status = RunStatus::Running;
+                    run.wake_at = None;
+                    run.updated_at = now;
+                    restarted.push(run.clone());
+                }
+                self.emit(Progress::StageStarted {
+                    run_id: run.run_id.clone(),
+                    stage: stage.clone(),
+                });
+                due.push((index, stage));
+            }
+            self.finish(
+                runs.iter_mut()
+                    .enumerate()
+                    .filter(|(index, _)| finishing.contains(index))
+                    .map(|(_, run)| run)
+                    .collect(),
+            )
+            .await?;
+            if due.is_empty() {
+                break;
+            }
+            if !restarted.is_empty() {
+                self.store.put_runs(&restarted).await?;
+            }
+            let stages: Vec<Stage> = due.iter().map(|(_, stage)| stage.clone()).collect();
+            let outcomes = self.run_stages(&stages).await?;
+            let records: Vec<StageRecord> = due
+                .iter()
+                .zip(&outcomes)
+                .map(|((index, stage), outcomes)| {
+                    StageRecord::tally(
+                        &runs[*index].run_id,
+                        stage.stage,
+                        &outcomes.iter().collect::<Vec<_>>(),
+                    )
+                })
+                .collect();
+            self.audit
+                .append_batch(
+                    due.iter()
+                        .zip(&records)
+                        .map(|((index, _), record)| {
+                            journal::stage_completed(record, &runs[*index].person_id)
+                        })
+                        .collect(),
+                )
+                .await?;
+            for record in records {
+                self.emit(Progress::StageFinished(record));
+            }
+            // A rehire or cancel may have stopped runs while their stages ran.
+            let ids: Vec<String> = due
+                .iter()
+                .map(|(index, _)| runs[*index].run_id.clone())
+                .collect();
+            let statuses = self.store.run_statuses(&ids).await?;
+            let mut advanced = Vec::new();
+            moving = Vec::new();
+            for ((index, _), status) in due.into_iter().zip(statuses) {
+                let run = &mut runs[index];
+                if status == Some(RunStatus::Cancelled) {
+                    run.status = RunStatus::Cancelled;
+                    continue;
+                }
+                run.next_stage += 1;
+                run.updated_at = self.clock.now();
+                // After the last stage, finishing stores the run's final state.
+                if run.next_stage < run.plan.stages.len() {
+                    advanced.push(run.clone());
+                }
+                moving.push(index);
+            }
+            if !advanced.is_empty() {
+                self.store.put_runs(&advanced).await?;
+            }
+        }
+        let ids: Vec<String> = runs.iter().map(|run| run.run_id.clone()).collect();
+        let outcomes = self.store.task_outcomes_of(&ids).await?;
+        Ok(runs
+            .into_iter()
+            .zip(outcomes)
+            .map(|(run, outcomes)| RunReport {
+                run_id: run.run_id.clone(),
+                status: run.status,
+                duplicate: false,
+                wake_at: run.wake_at.filter(|_| {
+                    matches!(run.status, RunStatus::Waiting | RunStatus::AwaitingApproval)
+                }),
+                plan: Some(run.plan),
+                outcomes,
+                refused: None,
+                stopped_runs: Vec::new(),
+            })
+            .collect())
+    }
+
+    /// A run held for approval: past its deadline it escalates (every task cancelled, the
+    /// run finished); before it, the request is recorded (once, by key, even when a crash
+    /// came between plan and request).
+    async fn await_approval(&self, run: &mut RunRecord) -> Result<(), EngineError> {
+        let until = run.wake_at.unwrap_or(run.updated_at);
+        if until <= self.clock.now() {
+            self.audit
+                .append(journal::approval_timed_out(
+                    &run.run_id,
+                    &run.person_id,
+                    until,
+                ))
+                .await?;
+            self.cancel_all(run, "no approval before the deadline", RunStatus::Running)
+                .await?;
+            self.finish(vec![run]).await?;
+        } else {
+            self.audit
+                .append(journal::approval_requested(&run.plan, until))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A stage not due yet: the run waits for it (recorded once per wake time).
+    async fn defer(
+        &self,
+        run: &mut RunRecord,
+        stage: Stage,
+        now: DateTime<Utc>,
+    ) -> Result<(), EngineError> {
+        let wake_at = stage.not_before.with_timezone(&Utc);
+        if run.status != RunStatus::Waiting || run.wake_at != Some(wake_at) {
+            self.audit
+                .append(journal::stage_deferred(
+                    &run.run_id,
+                    &run.person_id,
+                    stage.stage,
+                    stage.not_before,
+                    stage.tasks.len(),
+                ))
+                .await?;
+            run.status = RunStatus::Waiting;
+            run.wake_at = Some(wake_at);
+            run.updated_at = now;
+            self.store.put_run(run).await?;
+        }
+        self.emit(Progress::StageDeferred {
+            run_id: run.run_id.clone(),
+            stage,
+        });
+        Ok(())
+    }
+
+    /// Sends the stages' unfinished tasks to their systems' queues and waits for every
+    /// outcome; the task records of all of them are appended together. One list of outcomes
+    /// per stage, in plan order.
+    async fn run_stages(&self, stages: &[Stage]) -> Result<Vec<Vec<TaskOutcome>>, EngineError> {
+        let run_ids: Vec<String> = stages
+            .iter()
+            .map(|stage| {
+                stage
+                    .tasks
+                    .first()
+                    .map(|task| task.run_id.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        // Completed before a restart: kept as recorded (their audit records are appended
+        // below with the others, idempotently).
         let finished: HashMap<String, TaskOutcome> = self
             .store
-            .task_outcomes(&run_id)
+            .task_outcomes_of(&run_ids)
             .await?
             .into_iter()
+            .flatten()
             .map(|outcome| (outcome.task.task_id.clone(), outcome))
             .collect();
-        let mut outcomes = Vec::with_capacity(stage.tasks.len());
+        let mut outcomes: Vec<Vec<TaskOutcome>> = stages
+            .iter()
+            .map(|stage| Vec::with_capacity(stage.tasks.len()))
+            .collect();
+        let mut no_connector = Vec::new();
         let mut pending = Vec::new();
-        for task in &stage.tasks {
-            if let Some(outcome) = finished.get(&task.task_id) {
-                // Completed before a restart: make sure its audit record exists too.
-                outcomes
-                    .push(worker::record(self.store.as_ref(), self.audit.as_ref(), outcome).await?);
-                continue;
+        for (position, stage) in stages.iter().enumerate() {
+            for task in &stage.tasks {
+                if let Some(outcome) = finished.get(&task.task_id) {
+                    outcomes[position].push(outcome.clone());
+                    continue;
+                }
+                let Some(queue) = self.queues.get(&task.system) else {
+                    no_connector.push((
+                        position,
+                        worker::gave_up(
+                            task,
+                            0,
+                            TaskError {
+                                kind: ErrorKind::InvalidInput,
+                                message: format!("system \"{}\" has no connector", task.system),
+                            },
+                        ),
+                    ));
+                    continue;
+                };
+                let (sender, receiver) = oneshot::channel();
+                self.lock_waiters().insert(task.task_id.clone(), sender);
+                let message = TaskMessage {
+                    task: task.clone(),
+                    policy_version: None,
+                    task_token: None,
+                };
+                if let Err(err) = queue.send(message, Duration::ZERO).await {
+                    self.lock_waiters().remove(&task.task_id);
+                    return Err(StoreError::Backend(err.to_string()).into());
+                }
+                pending.push((position, task.clone(), receiver));
             }
-            let Some(queue) = self.queues.get(&task.system) else {
-                let outcome = worker::gave_up(
-                    task,
-                    0,
-                    TaskError {
-                        kind: ErrorKind::InvalidInput,
-                        message: format!("system \"{}\" has no connector", task.system),
-                    },
-                );
-                outcomes.push(
-                    worker::record(self.store.as_ref(), self.audit.as_ref(), &outcome).await?,
-                );
-                continue;
-            };
-            let (sender, receiver) = oneshot::channel();
-            self.lock_waiters().insert(task.task_id.clone(), sender);
-            let message = TaskMessage {
-                task: task.clone(),
-                policy_version: None,
-                task_token: None,
-            };
-            if let Err(err) = queue.send(message, Duration::ZERO).await {
-                self.lock_waiters().remove(&task.task_id);
-                return Err(StoreError::Backend(err.to_string()).into());
-            }
-            pending.push((task.clone(), receiver));
         }
-        for (task, receiver) in pending {
+        if !no_connector.is_empty() {
+            let gave_up: Vec<TaskOutcome> = no_connector
+                .iter()
+                .map(|(_, outcome)| outcome.clone())
+                .collect();
+            for ((position, _), winner) in no_connector
+                .into_iter()
+                .zip(self.store.complete_tasks(&gave_up).await)
+            {
+                outcomes[position].push(winner?);
+            }
+        }
+        for (position, task, receiver) in pending {
             match receiver.await {
-                Ok(outcome) => outcomes.push(outcome),
+                Ok(outcome) => outcomes[position].push(outcome),
                 Err(_) => {
                     // The worker pool stopped; what is recorded is what counts.
                     let recorded = self.store.task_outcomes(&task.run_id).await?;
@@ -578,7 +809,7 @@ impl Inner {
                         .into_iter()
                         .find(|o| o.task.task_id == task.task_id)
                     {
-                        Some(outcome) => outcomes.push(outcome),
+                        Some(outcome) => outcomes[position].push(outcome),
                         None => {
                             return Err(StoreError::Backend(format!(
                                 "the worker pool stopped before task {} finished",
@@ -590,16 +821,18 @@ impl Inner {
                 }
             }
         }
-        // One audit record per task, in plan order, written together as the stage closes.
-        let position: HashMap<&str, usize> = stage
-            .tasks
-            .iter()
-            .enumerate()
-            .map(|(index, task)| (task.task_id.as_str(), index))
-            .collect();
-        outcomes.sort_by_key(|outcome| position.get(outcome.task.task_id.as_str()).copied());
+        // One audit record per task, in plan order, written together as the stages close.
+        for (stage, outcomes) in stages.iter().zip(outcomes.iter_mut()) {
+            let position: HashMap<&str, usize> = stage
+                .tasks
+                .iter()
+                .enumerate()
+                .map(|(index, task)| (task.task_id.as_str(), index))
+                .collect();
+            outcomes.sort_by_key(|outcome| position.get(outcome.task.task_id.as_str()).copied());
+        }
         self.audit
-            .append_batch(outcomes.iter().map(worker::audit_entry).collect())
+            .append_batch(outcomes.iter().flatten().map(worker::audit_entry).collect())
             .await?;
         Ok(outcomes)
     }
@@ -659,72 +892,80 @@ impl Inner {
                 Err(_) => Vec::new(),
             };
             results.resize_with(deliveries.len(), || None);
-            // Settled together: each waits for its own store commit.
-            futures_util::future::join_all(
-                deliveries.iter().zip(results).map(|(delivery, result)| {
-                    self.settle(queue, delivery, result, attempt_timeout)
-                }),
-            )
-            .await;
+            self.settle(queue, &deliveries, results, attempt_timeout)
+                .await;
         }
     }
 
-    /// Records a delivery's attempt (`None`: it timed out), or releases it to be retried.
+    /// Records the outcomes of a batch's attempts together (`None`: the attempt timed
+    /// out), and releases the ones to retry.
     async fn settle(
         &self,
         queue: &LocalQueue,
-        delivery: &Delivery,
-        result: Option<Result<Attempt, StoreError>>,
+        deliveries: &[Delivery],
+        results: Vec<Option<Result<Attempt, StoreError>>>,
         attempt_timeout: Duration,
     ) {
-        let task = &delivery.message.task;
-        let result = result.unwrap_or_else(|| {
-            Ok(Attempt::Retry {
-                attempts: delivery.receive_count,
-                error: TaskError {
-                    kind: ErrorKind::Transient,
-                    message: format!("attempt timed out after {}s", attempt_timeout.as_secs()),
-                },
-                retry_after: None,
-            })
-        });
-        let outcome = match result {
-            Ok(Attempt::Finished(outcome)) => *outcome,
-            Ok(Attempt::Retry {
-                attempts,
-                error,
-                retry_after,
-            }) if attempts < self.policy.retry.max_attempts => {
-                let delay = self
-                    .policy
-                    .retry
-                    .backoff(attempts, retry_after, fastrand::f64());
-                tracing::info!(task_id = %task.task_id, attempts, delay_ms = delay.as_millis() as u64, error = %error.message, "retrying");
-                let _ = queue.release(&delivery.receipt, delay).await;
-                return;
-            }
-            Ok(Attempt::Retry {
-                attempts, error, ..
-            }) => worker::gave_up(task, attempts, error),
-            Err(err) => {
-                tracing::error!(task_id = %task.task_id, error = %err, "cannot reach the store; the task will be retried");
-                let _ = queue
-                    .release(&delivery.receipt, Duration::from_secs(1))
-                    .await;
-                return;
-            }
-        };
-        // The audit record follows when the stage closes (RecordStage on AWS).
-        match self.store.complete_task(&outcome).await {
-            Ok(winner) => {
-                let _ = queue.ack(&delivery.receipt).await;
-                self.deliver(winner);
-            }
-            Err(err) => {
-                tracing::error!(task_id = %task.task_id, error = %err, "cannot record the outcome; the task will be retried");
-                let _ = queue
-                    .release(&delivery.receipt, Duration::from_secs(1))
-                    .await;
+        let mut finished = Vec::new();
+        let mut outcomes = Vec::new();
+        for (delivery, result) in deliveries.iter().zip(results) {
+            let task = &delivery.message.task;
+            let result = result.unwrap_or_else(|| {
+                Ok(Attempt::Retry {
+                    attempts: delivery.receive_count,
+                    error: TaskError {
+                        kind: ErrorKind::Transient,
+                        message: format!("attempt timed out after {}s", attempt_timeout.as_secs()),
+                    },
+                    retry_after: None,
+                })
+            });
+            let outcome = match result {
+                Ok(Attempt::Finished(outcome)) => *outcome,
+                Ok(Attempt::Retry {
+                    attempts,
+                    error,
+                    retry_after,
+                }) if attempts < self.policy.retry.max_attempts => {
+                    let delay = self
+                        .policy
+                        .retry
+                        .backoff(attempts, retry_after, fastrand::f64());
+                    tracing::info!(task_id = %task.task_id, attempts, delay_ms = delay.as_millis() as u64, error = %error.message, "retrying");
+                    let _ = queue.release(&delivery.receipt, delay).await;
+                    continue;
+                }
+                Ok(Attempt::Retry {
+                    attempts, error, ..
+                }) => worker::gave_up(task, attempts, error),
+                Err(err) => {
+                    tracing::error!(task_id = %task.task_id, error = %err, "cannot reach the store; the task will be retried");
+                    let _ = queue
+                        .release(&delivery.receipt, Duration::from_secs(1))
+                        .await;
+                    continue;
+                }
+            };
+            finished.push(delivery);
+            outcomes.push(outcome);
+        }
+        if outcomes.is_empty() {
+            return;
+        }
+        // The audit records follow when the stage closes (RecordStage on AWS).
+        let winners = self.store.complete_tasks(&outcomes).await;
+        for (delivery, winner) in finished.into_iter().zip(winners) {
+            match winner {
+                Ok(winner) => {
+                    let _ = queue.ack(&delivery.receipt).await;
+                    self.deliver(winner);
+                }
+                Err(err) => {
+                    tracing::error!(task_id = %delivery.message.task.task_id, error = %err, "cannot record the outcome; the task will be retried");
+                    let _ = queue
+                        .release(&delivery.receipt, Duration::from_secs(1))
+                        .await;
+                }
             }
         }
     }
@@ -747,20 +988,37 @@ impl Inner {
         }
     }
 
-    /// Closes a run: completed only if every task verified and every system was reachable.
-    async fn finish(&self, run: &mut RunRecord) -> Result<(), EngineError> {
-        let outcomes = self.store.task_outcomes(&run.run_id).await?;
-        let (summary, entry) = journal::run_finished(&run.plan, &outcomes);
-        self.audit.append(entry).await?;
-        let status = summary.status;
-        run.status = status;
-        run.wake_at = None;
-        run.updated_at = self.clock.now();
-        self.store.put_run(run).await?;
-        self.emit(Progress::RunFinished {
-            run_id: run.run_id.clone(),
-            status,
-        });
+    /// Closes runs: each completed only if every task verified and every system was
+    /// reachable.
+    async fn finish(&self, runs: Vec<&mut RunRecord>) -> Result<(), EngineError> {
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = runs.iter().map(|run| run.run_id.clone()).collect();
+        let outcomes = self.store.task_outcomes_of(&ids).await?;
+        let mut entries = Vec::with_capacity(runs.len());
+        let mut statuses = Vec::with_capacity(runs.len());
+        for (run, outcomes) in runs.iter().zip(&outcomes) {
+            let (summary, entry) = journal::run_finished(&run.plan, outcomes);
+            entries.push(entry);
+            statuses.push(summary.status);
+        }
+        self.audit.append_batch(entries).await?;
+        let now = self.clock.now();
+        let mut finished = Vec::with_capacity(runs.len());
+        for (run, status) in runs.into_iter().zip(statuses) {
+            run.status = status;
+            run.wake_at = None;
+            run.updated_at = now;
+            finished.push(run.clone());
+        }
+        self.store.put_runs(&finished).await?;
+        for run in &finished {
+            self.emit(Progress::RunFinished {
+                run_id: run.run_id.clone(),
+                status: run.status,
+            });
+        }
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use deprov_core::ports::{Decided, StoreError};
 use deprov_core::quarantine::{Decision, Quarantine, QuarantineStatus};
 use rusqlite::{params, OptionalExtension, Transaction};
 
-use crate::store::{backend, corrupt, SqliteStore};
+use crate::store::{backend, cached_execute, cached_row, corrupt, SqliteStore};
 
 pub(crate) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS people (
@@ -26,25 +26,34 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(backend)
 }
 
-pub(crate) async fn record_person(
+pub(crate) async fn record_people(
     store: &SqliteStore,
-    person: &PersonRecord,
+    people: &[PersonRecord],
 ) -> Result<(), StoreError> {
-    let (id, as_of, record) = (
-        person.person_id.clone(),
-        sortable(&person.as_of),
-        encode(person)?,
-    );
+    let rows = people
+        .iter()
+        .map(|person| {
+            Ok((
+                person.person_id.clone(),
+                sortable(&person.as_of),
+                encode(person)?,
+            ))
+        })
+        .collect::<Result<Vec<(String, String, String)>, StoreError>>()?;
     store
         .call(move |tx| {
-            // An event effective earlier than the stored one (a late delivery) changes nothing.
-            tx.execute(
-                "INSERT INTO people (person_id, as_of, record) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (person_id) DO UPDATE SET as_of = excluded.as_of, record = excluded.record
-                 WHERE excluded.as_of >= people.as_of",
-                params![id, as_of, record],
-            )
-            .map_err(backend)?;
+            for (id, as_of, record) in &rows {
+                // An event effective earlier than the stored one (a late delivery) changes
+                // nothing.
+                cached_execute(
+                    tx,
+                    "INSERT INTO people (person_id, as_of, record) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (person_id) DO UPDATE SET as_of = excluded.as_of, record = excluded.record
+                     WHERE excluded.as_of >= people.as_of",
+                    params![id, as_of, record],
+                )
+                .map_err(backend)?;
+            }
             Ok(())
         })
         .await
@@ -69,7 +78,8 @@ pub(crate) async fn people(store: &SqliteStore) -> Result<Vec<PersonRecord>, Sto
 }
 
 fn read_quarantine(tx: &Transaction<'_>, id: &str) -> Result<Option<Quarantine>, StoreError> {
-    tx.query_row(
+    cached_row(
+        tx,
         "SELECT record FROM quarantines WHERE quarantine_id = ?1",
         params![id],
         |row| row.get::<_, String>(0),
@@ -93,7 +103,7 @@ pub(crate) async fn put_quarantine(
             if let Some(stored) = read_quarantine(tx, &quarantine.quarantine_id)? {
                 return Ok(stored);
             }
-            tx.execute(
+            cached_execute(tx,
                 "INSERT INTO quarantines (quarantine_id, status, created_at, record) VALUES (?1, ?2, ?3, ?4)",
                 params![
                     quarantine.quarantine_id,

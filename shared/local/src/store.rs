@@ -226,21 +226,50 @@ fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, StoreError>) -> 
     })
 }
 
+/// Per-item answers of a batch call, or its one failure repeated for every item.
+fn each_or<T>(
+    answers: Result<Vec<Result<T, StoreError>>, StoreError>,
+    count: usize,
+) -> Vec<Result<T, StoreError>> {
+    match answers {
+        Ok(answers) => answers,
+        Err(err) => {
+            let message = err.to_string();
+            (0..count).map(|_| Err(backend(&message))).collect()
+        }
+    }
+}
+
+/// `execute` through the statement cache: the writer runs the same few statements all day.
+pub(crate) fn cached_execute(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    tx.prepare_cached(sql)?.execute(params)
+}
+
+/// `query_row` through the statement cache.
+pub(crate) fn cached_row<T>(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+    row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    tx.prepare_cached(sql)?.query_row(params, row)
+}
+
 /// Runs `body` in a savepoint, so a failing command does not undo the others of its group.
 fn guarded<T>(
     transaction: &Transaction<'_>,
     body: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    transaction
-        .execute_batch("SAVEPOINT command")
-        .map_err(backend)?;
+    cached_execute(transaction, "SAVEPOINT command", []).map_err(backend)?;
     let result = body(transaction);
-    let end = if result.is_ok() {
-        "RELEASE command"
-    } else {
-        "ROLLBACK TO command; RELEASE command"
-    };
-    transaction.execute_batch(end).map_err(backend)?;
+    if result.is_err() {
+        cached_execute(transaction, "ROLLBACK TO command", []).map_err(backend)?;
+    }
+    cached_execute(transaction, "RELEASE command", []).map_err(backend)?;
     result
 }
 
@@ -333,7 +362,7 @@ fn put_policy(tx: &Transaction<'_>, version: &str, document: &str) -> Result<(),
              give the changed policy a new `version` so every run keeps pointing at the rules it used"
         ))),
         None => {
-            tx.execute(
+            cached_execute(tx,
                 "INSERT INTO policies (version, document, recorded_at) VALUES (?1, ?2, ?3)",
                 params![version, document, Utc::now().to_rfc3339()],
             )
@@ -344,7 +373,8 @@ fn put_policy(tx: &Transaction<'_>, version: &str, document: &str) -> Result<(),
 }
 
 fn get_policy(tx: &Transaction<'_>, version: &str) -> Result<Option<String>, StoreError> {
-    tx.query_row(
+    cached_row(
+        tx,
         "SELECT document FROM policies WHERE version = ?1",
         params![version],
         |row| row.get(0),
@@ -359,18 +389,19 @@ fn claim_event(
     event_id: &str,
     run_id: &str,
 ) -> Result<EventClaim, StoreError> {
-    let existing: Option<String> = tx
-        .query_row(
-            "SELECT run_id FROM events WHERE source = ?1 AND event_id = ?2",
-            params![source, event_id],
-            |row| row.get(0),
-        )
-        .optional()
-        .map_err(backend)?;
+    let existing: Option<String> = cached_row(
+        tx,
+        "SELECT run_id FROM events WHERE source = ?1 AND event_id = ?2",
+        params![source, event_id],
+        |row| row.get(0),
+    )
+    .optional()
+    .map_err(backend)?;
     if let Some(existing) = existing {
         return Ok(EventClaim::Existing(existing));
     }
-    tx.execute(
+    cached_execute(
+        tx,
         "INSERT INTO events (source, event_id, run_id, received_at) VALUES (?1, ?2, ?3, ?4)",
         params![source, event_id, run_id, Utc::now().to_rfc3339()],
     )
@@ -397,7 +428,7 @@ fn put_run(tx: &Transaction<'_>, run: &RunRecord) -> Result<(), StoreError> {
     if updated == 0 {
         // First put: the plan is written once, here.
         let plan = serde_json::to_string(&run.plan).map_err(backend)?;
-        tx.execute(
+        cached_execute(tx,
             "INSERT INTO runs (run_id, person_id, status, next_stage, wake_at, created_at, updated_at, plan)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
@@ -473,7 +504,8 @@ fn parse_run(row: RunRow) -> Result<RunRecord, StoreError> {
 }
 
 fn get_run(tx: &Transaction<'_>, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
-    tx.query_row(
+    cached_row(
+        tx,
         &format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?1"),
         params![run_id],
         run_row,
@@ -542,18 +574,19 @@ fn parse_outcome(text: &str) -> Result<TaskOutcome, StoreError> {
 }
 
 fn start_task(tx: &Transaction<'_>, task_id: &str, run_id: &str) -> Result<TaskStart, StoreError> {
-    let existing: Option<(u32, Option<String>)> = tx
-        .query_row(
-            "SELECT attempts, outcome FROM tasks WHERE task_id = ?1",
-            params![task_id],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .optional()
-        .map_err(backend)?;
+    let existing: Option<(u32, Option<String>)> = cached_row(
+        tx,
+        "SELECT attempts, outcome FROM tasks WHERE task_id = ?1",
+        params![task_id],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .optional()
+    .map_err(backend)?;
     match existing {
         Some((_, Some(outcome))) => Ok(TaskStart::Finished(Box::new(parse_outcome(&outcome)?))),
         Some((attempts, None)) => {
-            tx.execute(
+            cached_execute(
+                tx,
                 "UPDATE tasks SET attempts = attempts + 1 WHERE task_id = ?1",
                 params![task_id],
             )
@@ -561,7 +594,8 @@ fn start_task(tx: &Transaction<'_>, task_id: &str, run_id: &str) -> Result<TaskS
             Ok(TaskStart::Interrupted { attempts })
         }
         None => {
-            tx.execute(
+            cached_execute(
+                tx,
                 "INSERT INTO tasks (task_id, run_id, attempts) VALUES (?1, ?2, 1)",
                 params![task_id, run_id],
             )
@@ -597,13 +631,13 @@ fn complete_task(
         return Ok(outcome);
     }
     // An earlier completion won; it is the one that counts.
-    let stored: String = tx
-        .query_row(
-            "SELECT outcome FROM tasks WHERE task_id = ?1",
-            params![task.task_id],
-            |row| row.get(0),
-        )
-        .map_err(backend)?;
+    let stored: String = cached_row(
+        tx,
+        "SELECT outcome FROM tasks WHERE task_id = ?1",
+        params![task.task_id],
+        |row| row.get(0),
+    )
+    .map_err(backend)?;
     parse_outcome(&stored)
 }
 
@@ -826,8 +860,93 @@ impl RunStore for SqliteStore {
         self.ask(|reply| Command::TaskOutcomes(run_id, reply)).await
     }
 
+    async fn claim_events(
+        &self,
+        claims: &[(String, String, String)],
+    ) -> Result<Vec<EventClaim>, StoreError> {
+        let claims = claims.to_vec();
+        self.call(move |tx| {
+            claims
+                .iter()
+                .map(|(source, event_id, run_id)| claim_event(tx, source, event_id, run_id))
+                .collect()
+        })
+        .await
+    }
+
+    async fn put_runs(&self, runs: &[RunRecord]) -> Result<(), StoreError> {
+        let runs = runs.to_vec();
+        self.call(move |tx| runs.iter().try_for_each(|run| put_run(tx, run)))
+            .await
+    }
+
+    async fn run_statuses(&self, run_ids: &[String]) -> Result<Vec<Option<RunStatus>>, StoreError> {
+        let run_ids = run_ids.to_vec();
+        self.call(move |tx| run_ids.iter().map(|id| run_status(tx, id)).collect())
+            .await
+    }
+
+    async fn task_outcomes_of(
+        &self,
+        run_ids: &[String],
+    ) -> Result<Vec<Vec<TaskOutcome>>, StoreError> {
+        let run_ids = run_ids.to_vec();
+        self.call(move |tx| run_ids.iter().map(|id| task_outcomes(tx, id)).collect())
+            .await
+    }
+
+    async fn start_tasks(&self, tasks: &[Task]) -> Vec<Result<TaskStart, StoreError>> {
+        let ids: Vec<(String, String)> = tasks
+            .iter()
+            .map(|task| (task.task_id.clone(), task.run_id.clone()))
+            .collect();
+        let count = ids.len();
+        let starts = self
+            .call(move |tx| {
+                Ok(ids
+                    .iter()
+                    .map(|(task_id, run_id)| guarded(tx, |tx| start_task(tx, task_id, run_id)))
+                    .collect::<Vec<_>>())
+            })
+            .await;
+        each_or(starts, count)
+    }
+
+    async fn complete_tasks(
+        &self,
+        outcomes: &[TaskOutcome],
+    ) -> Vec<Result<TaskOutcome, StoreError>> {
+        let count = outcomes.len();
+        let encoded: Result<Vec<(TaskOutcome, String)>, StoreError> = outcomes
+            .iter()
+            .map(|outcome| {
+                Ok((
+                    outcome.clone(),
+                    serde_json::to_string(outcome).map_err(backend)?,
+                ))
+            })
+            .collect();
+        let encoded = match encoded {
+            Ok(encoded) => encoded,
+            Err(err) => return each_or(Err(err), count),
+        };
+        let winners = self
+            .call(move |tx| {
+                Ok(encoded
+                    .into_iter()
+                    .map(|(outcome, text)| guarded(tx, |tx| complete_task(tx, outcome, &text)))
+                    .collect::<Vec<_>>())
+            })
+            .await;
+        each_or(winners, count)
+    }
+
     async fn record_person(&self, person: &PersonRecord) -> Result<(), StoreError> {
-        crate::people_store::record_person(self, person).await
+        crate::people_store::record_people(self, std::slice::from_ref(person)).await
+    }
+
+    async fn record_people(&self, people: &[PersonRecord]) -> Result<(), StoreError> {
+        crate::people_store::record_people(self, people).await
     }
 
     async fn people(&self) -> Result<Vec<PersonRecord>, StoreError> {

@@ -65,11 +65,8 @@ pub async fn act(
         let stored = quarantine::hold(store, audit, &held).await?;
         return Ok(Acted::Quarantined(Box::new(stored)));
     }
-    let mut reports = Vec::with_capacity(runs.len());
-    for input in &runs {
-        reports.push(engine.submit(&input.event).await?);
-    }
-    Ok(Acted::Started(reports))
+    let events: Vec<_> = runs.into_iter().map(|input| input.event).collect();
+    Ok(Acted::Started(engine.submit_many(&events).await?))
 }
 
 /// Starts the runs of an approved quarantine; runs started before resume instead.
@@ -77,9 +74,10 @@ pub async fn release(
     engine: &Engine,
     quarantine: &Quarantine,
 ) -> Result<Vec<RunReport>, EngineError> {
-    let mut reports = Vec::with_capacity(quarantine.runs.len());
-    for input in &quarantine.runs {
-        reports.push(engine.submit(&input.event).await?);
-    }
-    Ok(reports)
+    let events: Vec<_> = quarantine
+        .runs
+        .iter()
+        .map(|input| input.event.clone())
+        .collect();
+    engine.submit_many(&events).await
 }
