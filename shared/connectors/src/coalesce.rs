@@ -1,8 +1,9 @@
-//! Discovery coalescing: many runs starting at once (a sweep, a mass offboarding, a burst
-//! from HR) each look for their person on the same system. For a connector that can look
-//! for many people in one round trip (`max_batch` > 1), their searches are gathered into
-//! `discover_batch` calls instead of one call per person. Nothing waits on a timer: a
-//! batch is whatever is queued when a search slot frees up, so a lone run is not delayed.
+//! Discovery per system, bounded and coalesced: many runs starting at once (a sweep, a
+//! mass offboarding, a burst from HR) each look for their person on the same systems. A
+//! system sees at most its `concurrency` discovery calls at once, like its workers; for a
+//! connector that can look for many people in one round trip (`max_batch` > 1), the
+//! searches queued meanwhile go together into one `discover_batch` call. Nothing waits on
+//! a timer: a batch is whatever is queued when a slot frees up, so a lone run is not delayed.
 
 use std::sync::Arc;
 
@@ -18,14 +19,10 @@ struct Search {
     reply: oneshot::Sender<Found>,
 }
 
-/// `connector` with its discoveries gathered into batches, at most `concurrency` batches
-/// at once; a connector without batches (`max_batch` 1) is returned as it is. Must be
-/// called within a Tokio runtime.
+/// `connector` with at most `concurrency` discovery calls at once, each taking up to
+/// `max_batch` queued searches. Must be called within a Tokio runtime.
 pub fn coalesce_discovery(connector: Arc<dyn Connector>, concurrency: usize) -> Arc<dyn Connector> {
-    let max_batch = connector.max_batch();
-    if max_batch <= 1 {
-        return connector;
-    }
+    let max_batch = connector.max_batch().max(1);
     let (searches, mut queued) = mpsc::unbounded_channel::<Search>();
     let slots = Arc::new(Semaphore::new(concurrency.max(1)));
     let inner = Arc::clone(&connector);

@@ -29,9 +29,11 @@ use tokio::time::Instant;
 use crate::queue::LocalQueue;
 use deprov_connectors::discover;
 
-/// Discoveries (with their connectors' retries) in flight at once when many runs start
-/// together; connectors that take people in batches gather them further.
-const DISCOVERIES_AT_ONCE: usize = 64;
+/// Events discovered at once when many runs start together, at the least; with systems
+/// that take people in batches, enough to fill their batches. Each system bounds its own
+/// calls (`coalesce_discovery`), so this only bounds what waits in memory.
+const MIN_DISCOVERIES_AT_ONCE: usize = 64;
+const MAX_DISCOVERIES_AT_ONCE: usize = 1024;
 
 /// What the engine tells an observer (the CLI's progress display) as a run advances.
 #[derive(Clone, Debug)]
@@ -146,6 +148,8 @@ struct Inner {
     /// task_id → whoever awaits its outcome.
     waiters: Mutex<HashMap<String, oneshot::Sender<TaskOutcome>>>,
     progress: Option<mpsc::UnboundedSender<Progress>>,
+    /// Events discovered at once when many start together.
+    discoveries_at_once: usize,
 }
 
 /// The running orchestrator and its worker pools.
@@ -168,6 +172,16 @@ impl Engine {
         // Retries are released back with a delay, so deliveries exceed attempts; the margin
         // covers redeliveries after a worker stalled past its visibility timeout.
         let max_receives = policy.retry.max_attempts + 3;
+        let discoveries_at_once = policy
+            .systems
+            .iter()
+            .filter_map(|(system, config)| {
+                let batch = connectors.get(system)?.max_batch();
+                usize::try_from(config.concurrency).ok()?.checked_mul(batch)
+            })
+            .max()
+            .unwrap_or(0)
+            .clamp(MIN_DISCOVERIES_AT_ONCE, MAX_DISCOVERIES_AT_ONCE);
         // Runs starting together look for their people in batches where a connector can.
         let connectors: BTreeMap<String, Arc<dyn Connector>> = connectors
             .into_iter()
@@ -197,6 +211,7 @@ impl Engine {
             queues,
             waiters: Mutex::new(HashMap::new()),
             progress,
+            discoveries_at_once,
         });
         let mut workers = Vec::new();
         for (system, mut dead) in dead_receivers {
@@ -527,7 +542,7 @@ impl Inner {
             Ok(build_plan(event, &self.policy, &discoveries))
         });
         futures_util::stream::iter(planning)
-            .buffered(DISCOVERIES_AT_ONCE)
+            .buffered(self.discoveries_at_once)
             .try_collect()
             .await
     }
