@@ -409,3 +409,109 @@ async fn an_unreachable_directory_is_transient() {
         .expect_err("nothing listens");
     assert!(matches!(err, ConnectorError::Transient(_)), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_batch_of_disables_is_answered_in_order_and_verified() {
+    let slapd = Slapd::start();
+    let lea = slapd.add_user("lea", "lea@example.com", "lea-real-password");
+    let max = slapd.add_user("max", "max@example.com", "max-password");
+    slapd.modify_ldif(&format!(
+        "dn: {max}\nchangetype: modify\nreplace: pwdAccountLockedTime\npwdAccountLockedTime: 000001010000Z\n"
+    ));
+    let connector = connector(&slapd, "openldap", json!({}));
+    assert!(connector.max_batch() > 1);
+    let lea_account = discover_one(&connector, &person(Some("lea"), "lea@example.com")).await;
+    let max_account = discover_one(&connector, &person(Some("max"), "max@example.com")).await;
+    assert!(lea_account.active);
+    assert!(!max_account.active);
+    let gone = Account {
+        id: format!("uid=nobody,{}", slapd.people_dn),
+        username: "nobody".into(),
+        ..lea_account.clone()
+    };
+    let tasks: Vec<Task> = [&lea_account, &max_account, &gone]
+        .into_iter()
+        .map(|account| task(Action::Disable, account, None))
+        .collect();
+
+    let applied: Vec<Applied> = connector
+        .apply_batch(&tasks)
+        .await
+        .into_iter()
+        .map(|result| result.unwrap_or_else(|err| panic!("apply: {err}")))
+        .collect();
+    assert_eq!(
+        applied,
+        vec![Applied::Changed, Applied::AlreadyDone, Applied::AlreadyDone]
+    );
+    let evidence = connector.verify_batch(&tasks).await;
+    assert_eq!(evidence.len(), 3);
+    for (evidence, task) in evidence.into_iter().zip(&tasks) {
+        let evidence = evidence.unwrap_or_else(|err| panic!("verify {}: {err}", task.account.id));
+        assert!(
+            evidence.verified,
+            "{}: {}",
+            task.account.id, evidence.observed
+        );
+    }
+    assert!(
+        !slapd.bind_as(&lea, "lea-real-password"),
+        "the disabled account's real password is refused"
+    );
+    assert_eq!(
+        slapd.values(&lea, "pwdAccountLockedTime"),
+        vec!["000001010000Z".to_string()]
+    );
+
+    // Again: every one is done already.
+    let again: Vec<Applied> = connector
+        .apply_batch(&tasks)
+        .await
+        .into_iter()
+        .map(|result| result.unwrap_or_else(|err| panic!("apply again: {err}")))
+        .collect();
+    assert_eq!(again, vec![Applied::AlreadyDone; 3]);
+}
+
+#[tokio::test]
+async fn discover_batch_answers_each_person_in_order() {
+    let slapd = Slapd::start();
+    let pia = slapd.add_user("pia", "pia@example.com", "pia-password");
+    let quinn = slapd.add_user("quinn", "quinn@example.com", "quinn-password");
+    let eng = slapd.add_group("eng", &[&pia, &quinn]);
+    let ops = slapd.add_group("ops", &[&quinn]);
+    let connector = connector(&slapd, "openldap", json!({}));
+    let people = [
+        person(Some("quinn"), "quinn@example.com"),
+        person(Some("nobody"), "nobody@example.com"),
+        person(None, "pia@example.com"),
+    ];
+    let found: Vec<Vec<Account>> = connector
+        .discover_batch(&people)
+        .await
+        .into_iter()
+        .map(|result| result.unwrap_or_else(|err| panic!("discover: {err}")))
+        .collect();
+    assert_eq!(found.len(), 3);
+    let ids = |accounts: &[Account]| accounts.iter().map(|a| a.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&found[0]), vec![quinn.clone()]);
+    assert!(found[1].is_empty(), "{:?}", found[1]);
+    assert_eq!(ids(&found[2]), vec![pia.clone()]);
+    let groups = |account: &Account| {
+        let mut ids: Vec<String> = account.entitlements.iter().map(|e| e.id.clone()).collect();
+        ids.sort_unstable();
+        ids
+    };
+    let mut quinn_groups = vec![eng.clone(), ops];
+    quinn_groups.sort_unstable();
+    assert_eq!(groups(&found[0][0]), quinn_groups);
+    assert_eq!(groups(&found[2][0]), vec![eng]);
+    // The same answers as one by one.
+    for (query, batched) in people.iter().zip(&found) {
+        let alone = connector
+            .discover(query)
+            .await
+            .unwrap_or_else(|err| panic!("discover: {err}"));
+        assert_eq!(&alone, batched);
+    }
+}
