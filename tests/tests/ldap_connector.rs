@@ -410,6 +410,24 @@ async fn an_unreachable_directory_is_transient() {
     assert!(matches!(err, ConnectorError::Transient(_)), "{err:?}");
 }
 
+/// The slapd log lines of operations on `dn` (`MOD dn="…"`, `SRCH base="…"`) since the
+/// first `skip` lines.
+fn operations_on(slapd: &Slapd, dn: &str, skip: usize) -> Vec<String> {
+    let modify = format!("MOD dn=\"{dn}\"");
+    let search = format!("SRCH base=\"{dn}\"");
+    slapd
+        .log_text()
+        .lines()
+        .skip(skip)
+        .filter(|line| line.contains(&modify) || line.contains(&search))
+        .map(str::to_string)
+        .collect()
+}
+
+fn log_lines(slapd: &Slapd) -> usize {
+    slapd.log_text().lines().count()
+}
+
 #[tokio::test]
 async fn a_batch_of_disables_is_answered_in_order_and_verified() {
     let slapd = Slapd::start();
@@ -434,6 +452,7 @@ async fn a_batch_of_disables_is_answered_in_order_and_verified() {
         .map(|account| task(Action::Disable, account, None))
         .collect();
 
+    let before = log_lines(&slapd);
     let applied: Vec<Applied> = connector
         .apply_batch(&tasks)
         .await
@@ -444,6 +463,24 @@ async fn a_batch_of_disables_is_answered_in_order_and_verified() {
         applied,
         vec![Applied::Changed, Applied::AlreadyDone, Applied::AlreadyDone]
     );
+    // Disabling an active account, or one that is gone, is one modify asserting it is not
+    // locked yet; a locked one fails the assertion and is read.
+    let kinds = |dn: &str| -> Vec<&'static str> {
+        operations_on(&slapd, dn, before)
+            .iter()
+            .map(|line| {
+                if line.contains(" MOD ") {
+                    "MOD"
+                } else {
+                    "SRCH"
+                }
+            })
+            .collect()
+    };
+    assert_eq!(kinds(&lea), vec!["MOD"]);
+    assert_eq!(kinds(&max), vec!["MOD", "SRCH"]);
+    assert_eq!(kinds(&gone.id), vec!["MOD"]);
+
     let evidence = connector.verify_batch(&tasks).await;
     assert_eq!(evidence.len(), 3);
     for (evidence, task) in evidence.into_iter().zip(&tasks) {
@@ -471,6 +508,57 @@ async fn a_batch_of_disables_is_answered_in_order_and_verified() {
         .map(|result| result.unwrap_or_else(|err| panic!("apply again: {err}")))
         .collect();
     assert_eq!(again, vec![Applied::AlreadyDone; 3]);
+}
+
+#[tokio::test]
+async fn a_lock_the_assertion_and_is_disabled_read_differently_is_decided_by_the_read() {
+    let slapd = Slapd::start();
+    // The permanent lock with seconds: the same time to the matching rule, so the
+    // assertion fails, but not the value `is_disabled` (and the account's state) knows.
+    let ned = slapd.add_user("ned", "ned@example.com", "ned-password");
+    slapd.modify_ldif(&format!(
+        "dn: {ned}\nchangetype: modify\nreplace: pwdAccountLockedTime\npwdAccountLockedTime: 00000101000000Z\n"
+    ));
+    // A temporary lockout is not a disable.
+    let ola = slapd.add_user("ola", "ola@example.com", "ola-password");
+    slapd.modify_ldif(&format!(
+        "dn: {ola}\nchangetype: modify\nreplace: pwdAccountLockedTime\npwdAccountLockedTime: 20240101000000Z\n"
+    ));
+    let connector = connector(&slapd, "openldap", json!({}));
+    let people = [
+        person(Some("ned"), "ned@example.com"),
+        person(Some("ola"), "ola@example.com"),
+    ];
+    let mut tasks = Vec::new();
+    for query in &people {
+        let account = discover_one(&connector, query).await;
+        assert!(account.active, "{account:?}");
+        tasks.push(task(Action::Disable, &account, None));
+    }
+    let before = log_lines(&slapd);
+    let applied: Vec<Applied> = connector
+        .apply_batch(&tasks)
+        .await
+        .into_iter()
+        .map(|result| result.unwrap_or_else(|err| panic!("apply: {err}")))
+        .collect();
+    assert_eq!(applied, vec![Applied::Changed; 2]);
+    let count = |dn: &str| operations_on(&slapd, dn, before).len();
+    assert_eq!(count(&ned), 3, "asserting modify, read, modify");
+    assert_eq!(count(&ola), 1, "asserting modify");
+    for (evidence, dn) in connector
+        .verify_batch(&tasks)
+        .await
+        .into_iter()
+        .zip([&ned, &ola])
+    {
+        let evidence = evidence.unwrap_or_else(|err| panic!("verify {dn}: {err}"));
+        assert!(evidence.verified, "{dn}: {}", evidence.observed);
+        assert_eq!(
+            slapd.values(dn, "pwdAccountLockedTime"),
+            vec!["000001010000Z".to_string()]
+        );
+    }
 }
 
 #[tokio::test]
