@@ -409,3 +409,197 @@ async fn an_unreachable_directory_is_transient() {
         .expect_err("nothing listens");
     assert!(matches!(err, ConnectorError::Transient(_)), "{err:?}");
 }
+
+/// The slapd log lines of operations on `dn` (`MOD dn="…"`, `SRCH base="…"`) since the
+/// first `skip` lines.
+fn operations_on(slapd: &Slapd, dn: &str, skip: usize) -> Vec<String> {
+    let modify = format!("MOD dn=\"{dn}\"");
+    let search = format!("SRCH base=\"{dn}\"");
+    slapd
+        .log_text()
+        .lines()
+        .skip(skip)
+        .filter(|line| line.contains(&modify) || line.contains(&search))
+        .map(str::to_string)
+        .collect()
+}
+
+fn log_lines(slapd: &Slapd) -> usize {
+    slapd.log_text().lines().count()
+}
+
+#[tokio::test]
+async fn a_batch_of_disables_is_answered_in_order_and_verified() {
+    let slapd = Slapd::start();
+    let lea = slapd.add_user("lea", "lea@example.com", "lea-real-password");
+    let max = slapd.add_user("max", "max@example.com", "max-password");
+    slapd.modify_ldif(&format!(
+        "dn: {max}\nchangetype: modify\nreplace: pwdAccountLockedTime\npwdAccountLockedTime: 000001010000Z\n"
+    ));
+    let connector = connector(&slapd, "openldap", json!({}));
+    assert!(connector.max_batch() > 1);
+    let lea_account = discover_one(&connector, &person(Some("lea"), "lea@example.com")).await;
+    let max_account = discover_one(&connector, &person(Some("max"), "max@example.com")).await;
+    assert!(lea_account.active);
+    assert!(!max_account.active);
+    let gone = Account {
+        id: format!("uid=nobody,{}", slapd.people_dn),
+        username: "nobody".into(),
+        ..lea_account.clone()
+    };
+    let tasks: Vec<Task> = [&lea_account, &max_account, &gone]
+        .into_iter()
+        .map(|account| task(Action::Disable, account, None))
+        .collect();
+
+    let before = log_lines(&slapd);
+    let applied: Vec<Applied> = connector
+        .apply_batch(&tasks)
+        .await
+        .into_iter()
+        .map(|result| result.unwrap_or_else(|err| panic!("apply: {err}")))
+        .collect();
+    assert_eq!(
+        applied,
+        vec![Applied::Changed, Applied::AlreadyDone, Applied::AlreadyDone]
+    );
+    // Disabling an active account, or one that is gone, is one modify asserting it is not
+    // locked yet; a locked one fails the assertion and is read.
+    let kinds = |dn: &str| -> Vec<&'static str> {
+        operations_on(&slapd, dn, before)
+            .iter()
+            .map(|line| {
+                if line.contains(" MOD ") {
+                    "MOD"
+                } else {
+                    "SRCH"
+                }
+            })
+            .collect()
+    };
+    assert_eq!(kinds(&lea), vec!["MOD"]);
+    assert_eq!(kinds(&max), vec!["MOD", "SRCH"]);
+    assert_eq!(kinds(&gone.id), vec!["MOD"]);
+
+    let evidence = connector.verify_batch(&tasks).await;
+    assert_eq!(evidence.len(), 3);
+    for (evidence, task) in evidence.into_iter().zip(&tasks) {
+        let evidence = evidence.unwrap_or_else(|err| panic!("verify {}: {err}", task.account.id));
+        assert!(
+            evidence.verified,
+            "{}: {}",
+            task.account.id, evidence.observed
+        );
+    }
+    assert!(
+        !slapd.bind_as(&lea, "lea-real-password"),
+        "the disabled account's real password is refused"
+    );
+    assert_eq!(
+        slapd.values(&lea, "pwdAccountLockedTime"),
+        vec!["000001010000Z".to_string()]
+    );
+
+    // Again: every one is done already.
+    let again: Vec<Applied> = connector
+        .apply_batch(&tasks)
+        .await
+        .into_iter()
+        .map(|result| result.unwrap_or_else(|err| panic!("apply again: {err}")))
+        .collect();
+    assert_eq!(again, vec![Applied::AlreadyDone; 3]);
+}
+
+#[tokio::test]
+async fn a_lock_the_assertion_and_is_disabled_read_differently_is_decided_by_the_read() {
+    let slapd = Slapd::start();
+    // The permanent lock with seconds: the same time to the matching rule, so the
+    // assertion fails, but not the value `is_disabled` (and the account's state) knows.
+    let ned = slapd.add_user("ned", "ned@example.com", "ned-password");
+    slapd.modify_ldif(&format!(
+        "dn: {ned}\nchangetype: modify\nreplace: pwdAccountLockedTime\npwdAccountLockedTime: 00000101000000Z\n"
+    ));
+    // A temporary lockout is not a disable.
+    let ola = slapd.add_user("ola", "ola@example.com", "ola-password");
+    slapd.modify_ldif(&format!(
+        "dn: {ola}\nchangetype: modify\nreplace: pwdAccountLockedTime\npwdAccountLockedTime: 20240101000000Z\n"
+    ));
+    let connector = connector(&slapd, "openldap", json!({}));
+    let people = [
+        person(Some("ned"), "ned@example.com"),
+        person(Some("ola"), "ola@example.com"),
+    ];
+    let mut tasks = Vec::new();
+    for query in &people {
+        let account = discover_one(&connector, query).await;
+        assert!(account.active, "{account:?}");
+        tasks.push(task(Action::Disable, &account, None));
+    }
+    let before = log_lines(&slapd);
+    let applied: Vec<Applied> = connector
+        .apply_batch(&tasks)
+        .await
+        .into_iter()
+        .map(|result| result.unwrap_or_else(|err| panic!("apply: {err}")))
+        .collect();
+    assert_eq!(applied, vec![Applied::Changed; 2]);
+    let count = |dn: &str| operations_on(&slapd, dn, before).len();
+    assert_eq!(count(&ned), 3, "asserting modify, read, modify");
+    assert_eq!(count(&ola), 1, "asserting modify");
+    for (evidence, dn) in connector
+        .verify_batch(&tasks)
+        .await
+        .into_iter()
+        .zip([&ned, &ola])
+    {
+        let evidence = evidence.unwrap_or_else(|err| panic!("verify {dn}: {err}"));
+        assert!(evidence.verified, "{dn}: {}", evidence.observed);
+        assert_eq!(
+            slapd.values(dn, "pwdAccountLockedTime"),
+            vec!["000001010000Z".to_string()]
+        );
+    }
+}
+
+#[tokio::test]
+async fn discover_batch_answers_each_person_in_order() {
+    let slapd = Slapd::start();
+    let pia = slapd.add_user("pia", "pia@example.com", "pia-password");
+    let quinn = slapd.add_user("quinn", "quinn@example.com", "quinn-password");
+    let eng = slapd.add_group("eng", &[&pia, &quinn]);
+    let ops = slapd.add_group("ops", &[&quinn]);
+    let connector = connector(&slapd, "openldap", json!({}));
+    let people = [
+        person(Some("quinn"), "quinn@example.com"),
+        person(Some("nobody"), "nobody@example.com"),
+        person(None, "pia@example.com"),
+    ];
+    let found: Vec<Vec<Account>> = connector
+        .discover_batch(&people)
+        .await
+        .into_iter()
+        .map(|result| result.unwrap_or_else(|err| panic!("discover: {err}")))
+        .collect();
+    assert_eq!(found.len(), 3);
+    let ids = |accounts: &[Account]| accounts.iter().map(|a| a.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&found[0]), vec![quinn.clone()]);
+    assert!(found[1].is_empty(), "{:?}", found[1]);
+    assert_eq!(ids(&found[2]), vec![pia.clone()]);
+    let groups = |account: &Account| {
+        let mut ids: Vec<String> = account.entitlements.iter().map(|e| e.id.clone()).collect();
+        ids.sort_unstable();
+        ids
+    };
+    let mut quinn_groups = vec![eng.clone(), ops];
+    quinn_groups.sort_unstable();
+    assert_eq!(groups(&found[0][0]), quinn_groups);
+    assert_eq!(groups(&found[2][0]), vec![eng]);
+    // The same answers as one by one.
+    for (query, batched) in people.iter().zip(&found) {
+        let alone = connector
+            .discover(query)
+            .await
+            .unwrap_or_else(|err| panic!("discover: {err}"));
+        assert_eq!(&alone, batched);
+    }
+}

@@ -11,8 +11,10 @@
 //! - remove entitlement: modify the group deleting the member value(s);
 //! - delete: delete the entry (with AD's tree delete control for child objects).
 //!
-//! Each change reads first: a state already reached, or an entry already gone, is
-//! `AlreadyDone`. `verify` reads the entry (or group) back.
+//! Each change reads first (an OpenLDAP disable instead asserts, in the modify itself, that
+//! the account is not locked yet): a state already reached, or an entry already gone, is
+//! `AlreadyDone`. `verify` reads the entry (or group) back. A batch's operations are
+//! pipelined on the one connection.
 //!
 //! Policy settings (`[systems.<name>]`, `kind = "ldap"`): `secret` with fields `bind_dn`
 //! and `password`, and `connection` keys `url` (`ldap://` or `ldaps://`, required),
@@ -23,6 +25,7 @@
 mod conn;
 
 use std::collections::{BTreeSet, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,20 +37,27 @@ use deprov_core::ports::SecretSource;
 use deprov_core::{
     Account, Applied, Connector, ConnectorError, Entitlement, Evidence, PersonQuery,
 };
+use futures_util::{stream, StreamExt};
 use ldap3::{Mod, Scope, SearchEntry};
 use reqwest::Url;
 use serde_json::{json, Map, Value};
 use tracing::Instrument;
 
 use self::conn::{
-    Conn, ATTRIBUTE_OR_VALUE_EXISTS, NOT_ALLOWED_ON_NON_LEAF, NO_SUCH_ATTRIBUTE, NO_SUCH_OBJECT,
-    OBJECT_CLASS_VIOLATION, UNDEFINED_ATTRIBUTE_TYPE,
+    Conn, ASSERTION_FAILED, ATTRIBUTE_OR_VALUE_EXISTS, NOT_ALLOWED_ON_NON_LEAF, NO_SUCH_ATTRIBUTE,
+    NO_SUCH_OBJECT, OBJECT_CLASS_VIOLATION, UNAVAILABLE_CRITICAL_EXTENSION,
+    UNDEFINED_ATTRIBUTE_TYPE,
 };
 
 const DEFAULT_PAGE_SIZE: u64 = 500;
 const MAX_PAGE_SIZE: u64 = 10_000;
 const DEFAULT_TIMEOUT_SECS: u64 = 30;
 const MAX_TIMEOUT_SECS: u64 = 600;
+/// How many tasks or people a batch takes. LDAP changes one entry per operation, so a
+/// batch's operations are pipelined on the one connection instead: enough to keep the
+/// directory's worker threads busy (OpenLDAP runs 16 by default) without queueing so many
+/// that the last ones reach the operation timeout.
+const MAX_BATCH: usize = 64;
 const CONNECTION_KEYS: &[&str] = &[
     "url",
     "base_dn",
@@ -61,6 +71,11 @@ const URL_EXAMPLE: &str = "ldaps://ldap.example.com";
 const BASE_DN_EXAMPLE: &str = "ou=people,dc=example,dc=com";
 /// ppolicy's "locked until an administrator unlocks it" value.
 const PERMANENT_LOCK: &str = "000001010000Z";
+/// Matches an OpenLDAP entry that is not permanently locked: no `pwdAccountLockedTime`, or
+/// another time (a temporary lockout). The matching rule compares times, so it also turns
+/// away the permanent lock spelled otherwise, which `is_disabled` (comparing strings) does
+/// not count as disabled; `disable` reads such an entry.
+const OPENLDAP_NOT_LOCKED: &str = "(!(pwdAccountLockedTime=000001010000Z))";
 /// userAccountControl ACCOUNTDISABLE.
 const UAC_ACCOUNTDISABLE: u64 = 0x2;
 /// userAccountControl NORMAL_ACCOUNT, assumed when an AD-like entry has no value.
@@ -517,6 +532,30 @@ fn uac(entry: &SearchEntry) -> Option<u64> {
         .and_then(|v| v.trim().parse::<i64>().ok().map(|n| n as u32 as u64))
 }
 
+/// The attribute that holds whether an account is disabled.
+fn state_attr(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::OpenLdap => "pwdAccountLockedTime",
+        Dialect::ActiveDirectory => "userAccountControl",
+        Dialect::Ds389 => "nsAccountLock",
+    }
+}
+
+/// The modification that disables an account whatever it held, for the dialects whose
+/// lock is one attribute value; Active Directory's is one flag among others, so its
+/// modification depends on the value read.
+fn lock_mods(dialect: Dialect) -> Option<Vec<Mod<String>>> {
+    let value = match dialect {
+        Dialect::OpenLdap => PERMANENT_LOCK,
+        Dialect::Ds389 => "TRUE",
+        Dialect::ActiveDirectory => return None,
+    };
+    Some(vec![Mod::Replace(
+        state_attr(dialect).to_string(),
+        HashSet::from([value.to_string()]),
+    )])
+}
+
 /// Whether the entry is disabled the way this dialect disables it.
 fn is_disabled(dialect: Dialect, entry: &SearchEntry) -> bool {
     match dialect {
@@ -710,31 +749,44 @@ impl LdapConnector {
         self.conn.read(dn, self.settings.dialect.user_attrs()).await
     }
 
+    /// Disables the account. OpenLDAP: one modify that locks it only if it is not locked
+    /// already (assertion control); the other dialects, and an OpenLDAP entry the assertion
+    /// turned away, read the entry first.
     async fn disable(&self, dn: &str) -> Result<Applied, ConnectorError> {
+        let dialect = self.settings.dialect;
+        if let (Dialect::OpenLdap, Some(mods)) = (dialect, lock_mods(dialect)) {
+            let rc = self
+                .conn
+                .modify_if(
+                    dn,
+                    mods,
+                    OPENLDAP_NOT_LOCKED,
+                    &[
+                        NO_SUCH_OBJECT,
+                        UNDEFINED_ATTRIBUTE_TYPE,
+                        ASSERTION_FAILED,
+                        UNAVAILABLE_CRITICAL_EXTENSION,
+                    ],
+                )
+                .await?;
+            // assertionFailed: locked already as far as the matching rule can tell, which
+            // can differ from `is_disabled` (another spelling of the same time, or a value
+            // the bind DN may not compare); the read below decides. A server without the
+            // control is read too.
+            if rc != ASSERTION_FAILED && rc != UNAVAILABLE_CRITICAL_EXTENSION {
+                return self.disable_outcome(dn, rc);
+            }
+        }
         let Some(entry) = self.read_user(dn).await? else {
             return Ok(Applied::AlreadyDone);
         };
-        let dialect = self.settings.dialect;
         if is_disabled(dialect, &entry) {
             return Ok(Applied::AlreadyDone);
         }
-        let one = |value: String| HashSet::from([value]);
-        let (mods, attr) = match dialect {
-            Dialect::OpenLdap => (
-                vec![Mod::Replace(
-                    "pwdAccountLockedTime".to_string(),
-                    one(PERMANENT_LOCK.into()),
-                )],
-                "pwdAccountLockedTime",
-            ),
-            Dialect::Ds389 => (
-                vec![Mod::Replace(
-                    "nsAccountLock".to_string(),
-                    one("TRUE".into()),
-                )],
-                "nsAccountLock",
-            ),
-            Dialect::ActiveDirectory => {
+        let mods = match lock_mods(dialect) {
+            Some(mods) => mods,
+            None => {
+                let one = |value: String| HashSet::from([value]);
                 let current = first(&entry, "userAccountControl").map(str::to_string);
                 let old = uac(&entry).unwrap_or(UAC_NORMAL_ACCOUNT);
                 let new = (old | UAC_ACCOUNTDISABLE).to_string();
@@ -745,18 +797,25 @@ impl LdapConnector {
                     mods.push(Mod::Delete("userAccountControl".to_string(), one(current)));
                 }
                 mods.push(Mod::Add("userAccountControl".to_string(), one(new)));
-                (mods, "userAccountControl")
+                mods
             }
         };
-        match self
+        let rc = self
             .conn
             .modify(
                 dn,
                 mods,
                 &[NO_SUCH_OBJECT, NO_SUCH_ATTRIBUTE, UNDEFINED_ATTRIBUTE_TYPE],
             )
-            .await?
-        {
+            .await?;
+        self.disable_outcome(dn, rc)
+    }
+
+    /// What a disabling modify's result code means.
+    fn disable_outcome(&self, dn: &str, rc: u32) -> Result<Applied, ConnectorError> {
+        let dialect = self.settings.dialect;
+        let attr = state_attr(dialect);
+        match rc {
             NO_SUCH_OBJECT => Ok(Applied::AlreadyDone),
             NO_SUCH_ATTRIBUTE => Err(ConnectorError::Transient(format!(
                 "system \"{}\": {attr} of {dn} changed while it was being disabled; it is read again on the next attempt",
@@ -972,11 +1031,7 @@ impl LdapConnector {
         seen.insert("exists".into(), json!(true));
         let dialect = self.settings.dialect;
         let disabled = is_disabled(dialect, &entry);
-        let attr = match dialect {
-            Dialect::OpenLdap => "pwdAccountLockedTime",
-            Dialect::ActiveDirectory => "userAccountControl",
-            Dialect::Ds389 => "nsAccountLock",
-        };
+        let attr = state_attr(dialect);
         seen.insert(
             attr.into(),
             first(&entry, attr).map_or(Value::Null, |v| json!(v)),
@@ -1052,10 +1107,37 @@ const SUPPORTS: &[StageKind] = &[
     StageKind::Restore,
 ];
 
+/// Runs the calls with up to `MAX_BATCH` of them in flight at once on the connection; the
+/// results in the calls' order.
+async fn pipelined<F: Future>(calls: Vec<F>) -> Vec<F::Output> {
+    // The calls come built, not as a closure over the items: a closure in the stream makes
+    // the future too general for the compiler to prove it `Send`.
+    stream::iter(calls).buffered(MAX_BATCH).collect().await
+}
+
 #[async_trait]
 impl Connector for LdapConnector {
     fn supports(&self) -> &[StageKind] {
         SUPPORTS
+    }
+
+    fn max_batch(&self) -> usize {
+        MAX_BATCH
+    }
+
+    async fn discover_batch(
+        &self,
+        people: &[PersonQuery],
+    ) -> Vec<Result<Vec<Account>, ConnectorError>> {
+        pipelined(people.iter().map(|person| self.discover(person)).collect()).await
+    }
+
+    async fn apply_batch(&self, tasks: &[Task]) -> Vec<Result<Applied, ConnectorError>> {
+        pipelined(tasks.iter().map(|task| self.apply(task)).collect()).await
+    }
+
+    async fn verify_batch(&self, tasks: &[Task]) -> Vec<Result<Evidence, ConnectorError>> {
+        pipelined(tasks.iter().map(|task| self.verify(task)).collect()).await
     }
 
     async fn discover(&self, person: &PersonQuery) -> Result<Vec<Account>, ConnectorError> {
@@ -1352,6 +1434,13 @@ mod tests {
         assert_eq!(t.to_rfc3339(), "2024-01-01T00:00:00+00:00");
         assert!(parse_filetime("0").is_none());
         assert!(parse_filetime("9223372036854775807").is_none());
+    }
+
+    #[test]
+    fn the_openldap_assertion_is_a_filter_on_the_permanent_lock() {
+        // ldap3 panics on an assertion filter it cannot parse.
+        assert!(ldap3::parse_filter(OPENLDAP_NOT_LOCKED).is_ok());
+        assert!(OPENLDAP_NOT_LOCKED.contains(&format!("pwdAccountLockedTime={PERMANENT_LOCK}")));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use deprov_core::ports::{SecretError, SecretSource};
 use deprov_core::ConnectorError;
 use ldap3::adapters::PagedResults;
+use ldap3::controls::{Assertion, MakeCritical};
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, LdapResult, Scope, SearchEntry};
 
 /// How long a bound connection (and so the password it was bound with) is reused.
@@ -20,12 +21,14 @@ const MAX_DETAIL_CHARS: usize = 300;
 pub(crate) const BIND_DN_FIELD: &str = "bind_dn";
 pub(crate) const PASSWORD_FIELD: &str = "password";
 
+pub(crate) const UNAVAILABLE_CRITICAL_EXTENSION: u32 = 12;
 pub(crate) const NO_SUCH_ATTRIBUTE: u32 = 16;
 pub(crate) const UNDEFINED_ATTRIBUTE_TYPE: u32 = 17;
 pub(crate) const ATTRIBUTE_OR_VALUE_EXISTS: u32 = 20;
 pub(crate) const NO_SUCH_OBJECT: u32 = 32;
 pub(crate) const OBJECT_CLASS_VIOLATION: u32 = 65;
 pub(crate) const NOT_ALLOWED_ON_NON_LEAF: u32 = 66;
+pub(crate) const ASSERTION_FAILED: u32 = 122;
 
 struct Bound {
     ldap: Ldap,
@@ -289,9 +292,41 @@ impl Conn {
         mods: Vec<ldap3::Mod<String>>,
         pass: &[u32],
     ) -> Result<u32, ConnectorError> {
-        let what = format!("modify {dn}");
+        self.modify_asserting(dn, mods, None, pass).await
+    }
+
+    /// `modify`, carried out only if the entry matches `assertion` (an RFC 4515 filter,
+    /// sent as a critical RFC 4528 assertion control): otherwise the server changes nothing
+    /// and answers assertionFailed, or unavailableCriticalExtension if it lacks the control.
+    /// Test and change are one operation, so nothing can change the entry in between.
+    pub(crate) async fn modify_if(
+        &self,
+        dn: &str,
+        mods: Vec<ldap3::Mod<String>>,
+        assertion: &'static str,
+        pass: &[u32],
+    ) -> Result<u32, ConnectorError> {
+        self.modify_asserting(dn, mods, Some(assertion), pass).await
+    }
+
+    async fn modify_asserting(
+        &self,
+        dn: &str,
+        mods: Vec<ldap3::Mod<String>>,
+        assertion: Option<&'static str>,
+        pass: &[u32],
+    ) -> Result<u32, ConnectorError> {
+        let what = match assertion {
+            Some(filter) => format!("modify {dn} if {filter}"),
+            None => format!("modify {dn}"),
+        };
         let result = self
-            .run(&what, |mut ldap| async move { ldap.modify(dn, mods).await })
+            .run(&what, |mut ldap| async move {
+                if let Some(filter) = assertion {
+                    ldap.with_controls(Assertion { filter }.critical());
+                }
+                ldap.modify(dn, mods).await
+            })
             .await?;
         self.check(&what, result, pass).await
     }
@@ -442,6 +477,7 @@ pub(crate) fn rc_name(rc: u32) -> &'static str {
         67 => "notAllowedOnRDN",
         68 => "entryAlreadyExists",
         80 => "other",
+        122 => "assertionFailed",
         _ => "LDAP error",
     }
 }
