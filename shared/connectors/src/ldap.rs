@@ -50,6 +50,8 @@ use self::conn::{
 };
 
 const DEFAULT_PAGE_SIZE: u64 = 500;
+/// Connections per system at most (one per worker).
+const MAX_CONNECTIONS: u32 = 16;
 const MAX_PAGE_SIZE: u64 = 10_000;
 const DEFAULT_TIMEOUT_SECS: u64 = 30;
 const MAX_TIMEOUT_SECS: u64 = 600;
@@ -626,6 +628,7 @@ impl LdapConnector {
             settings.timeout,
             secrets,
             &settings.secret,
+            usize::try_from(config.concurrency.clamp(1, MAX_CONNECTIONS)).unwrap_or(1),
         );
         Ok(LdapConnector {
             system: system.to_string(),

@@ -35,6 +35,10 @@ use deprov_connectors::discover;
 const MIN_DISCOVERIES_AT_ONCE: usize = 64;
 const MAX_DISCOVERIES_AT_ONCE: usize = 1024;
 
+/// Runs started together as one cohort by `submit_many`, and cohorts in flight at once.
+const RUNS_PER_COHORT: usize = 512;
+const COHORTS_AT_ONCE: usize = 4;
+
 /// What the engine tells an observer (the CLI's progress display) as a run advances.
 #[derive(Clone, Debug)]
 pub enum Progress {
@@ -292,7 +296,17 @@ impl Engine {
                 Some(stop) => stop,
                 None => rest.len(),
             };
-            reports.extend(self.inner.start_runs(&rest[..together]).await?);
+            // In cohorts of bounded size, a few at once: one cohort's store writes overlap
+            // another's connector calls, and a huge sweep does not hold every plan in memory.
+            let cohorts: Vec<Vec<RunReport>> = futures_util::stream::iter(
+                rest[..together]
+                    .chunks(RUNS_PER_COHORT)
+                    .map(|cohort| self.inner.start_runs(cohort)),
+            )
+            .buffered(COHORTS_AT_ONCE)
+            .try_collect()
+            .await?;
+            reports.extend(cohorts.into_iter().flatten());
             rest = &rest[together..];
         }
         Ok(reports)
@@ -371,9 +385,10 @@ impl Engine {
 }
 
 impl Inner {
-    fn emit(&self, progress: Progress) {
+    /// Tells the observer, if there is one (`progress` is only built then: plans are big).
+    fn emit(&self, progress: impl FnOnce() -> Progress) {
         if let Some(sender) = &self.progress {
-            let _ = sender.send(progress);
+            let _ = sender.send(progress());
         }
     }
 
@@ -489,7 +504,7 @@ impl Inner {
             self.store.put_runs(&records).await?;
         }
         for run in &records {
-            self.emit(Progress::Planned(Box::new(run.plan.clone())));
+            self.emit(|| Progress::Planned(Box::new(run.plan.clone())));
         }
         // (index of the event, whether it resumes the run an earlier delivery started)
         let mut order: Vec<(usize, bool)> =
@@ -592,7 +607,7 @@ impl Inner {
                     run.updated_at = now;
                     restarted.push(run.clone());
                 }
-                self.emit(Progress::StageStarted {
+                self.emit(|| Progress::StageStarted {
                     run_id: run.run_id.clone(),
                     stage: stage.clone(),
                 });
@@ -636,7 +651,7 @@ impl Inner {
                 )
                 .await?;
             for record in records {
-                self.emit(Progress::StageFinished(record));
+                self.emit(|| Progress::StageFinished(record));
             }
             // A rehire or cancel may have stopped runs while their stages ran.
             let ids: Vec<String> = due
@@ -731,7 +746,7 @@ impl Inner {
             run.updated_at = now;
             self.store.put_run(run).await?;
         }
-        self.emit(Progress::StageDeferred {
+        self.emit(|| Progress::StageDeferred {
             run_id: run.run_id.clone(),
             stage,
         });
@@ -861,7 +876,7 @@ impl Inner {
     }
 
     fn deliver(&self, outcome: TaskOutcome) {
-        self.emit(Progress::TaskFinished(Box::new(outcome.clone())));
+        self.emit(|| Progress::TaskFinished(Box::new(outcome.clone())));
         if let Some(waiter) = self.lock_waiters().remove(&outcome.task.task_id) {
             let _ = waiter.send(outcome);
         }
@@ -1029,7 +1044,7 @@ impl Inner {
         }
         self.store.put_runs(&finished).await?;
         for run in &finished {
-            self.emit(Progress::RunFinished {
+            self.emit(|| Progress::RunFinished {
                 run_id: run.run_id.clone(),
                 status: run.status,
             });
@@ -1091,7 +1106,7 @@ impl Inner {
             run.wake_at = None;
             run.updated_at = self.clock.now();
             self.store.put_run(&run).await?;
-            self.emit(Progress::RunFinished {
+            self.emit(|| Progress::RunFinished {
                 run_id: run.run_id.clone(),
                 status: RunStatus::Cancelled,
             });

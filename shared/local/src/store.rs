@@ -226,6 +226,52 @@ fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, StoreError>) -> 
     })
 }
 
+/// Below this many entries a batch is sealed on the caller's thread alone.
+const SEAL_PER_THREAD: usize = 256;
+
+/// Seals and encodes entries (off the writer thread). Hashing and encoding are most of a
+/// large batch's cost (a sweep's plans, its task records), so a large batch is spread over
+/// the cores.
+fn seal_all(
+    entries: Vec<AuditEntry>,
+    at: DateTime<Utc>,
+) -> Result<Vec<(SealedEntry, String)>, StoreError> {
+    let seal = |entry: AuditEntry| {
+        let sealed = entry.seal(at);
+        let body = serde_json::to_string(&sealed.body).map_err(backend)?;
+        Ok((sealed, body))
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads < 2 || entries.len() < 2 * SEAL_PER_THREAD {
+        return entries.into_iter().map(seal).collect();
+    }
+    let per_part = entries.len().div_ceil(threads);
+    let mut parts = Vec::with_capacity(threads);
+    let mut rest = entries;
+    while rest.len() > per_part {
+        let tail = rest.split_off(per_part);
+        parts.push(rest);
+        rest = tail;
+    }
+    parts.push(rest);
+    std::thread::scope(|scope| {
+        let sealing: Vec<_> = parts
+            .into_iter()
+            .map(|part| {
+                scope.spawn(move || part.into_iter().map(seal).collect::<Result<Vec<_>, _>>())
+            })
+            .collect();
+        let mut sealed = Vec::new();
+        for part in sealing {
+            sealed.extend(
+                part.join()
+                    .map_err(|_| backend("sealing audit entries panicked"))??,
+            );
+        }
+        Ok(sealed)
+    })
+}
+
 /// Per-item answers of a batch call, or its one failure repeated for every item.
 fn each_or<T>(
     answers: Result<Vec<Result<T, StoreError>>, StoreError>,
@@ -986,15 +1032,7 @@ impl AuditLog for SqliteStore {
     }
 
     async fn append_batch(&self, entries: Vec<AuditEntry>) -> Result<Vec<AuditRecord>, StoreError> {
-        let now = Utc::now();
-        let batch = entries
-            .into_iter()
-            .map(|entry| {
-                let sealed = entry.seal(now);
-                let body = serde_json::to_string(&sealed.body).map_err(backend)?;
-                Ok((sealed, body))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let batch = seal_all(entries, Utc::now())?;
         self.ask(|reply| Command::AppendBatch(batch, reply)).await
     }
 

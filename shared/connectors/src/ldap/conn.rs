@@ -1,5 +1,7 @@
-//! Connection plumbing of the LDAP connector: one bound connection per connector (ldap3
-//! multiplexes concurrent operations over it), re-established when it breaks or ages out
+//! Connection plumbing of the LDAP connector: a few bound connections per connector, one
+//! per worker of the system (ldap3 multiplexes concurrent operations over each; a directory
+//! serves one connection's operations through one reader and caps how many it queues, so a
+//! batch's pipelined operations are spread over several), each re-established when it breaks or ages out
 //! (so a rotated password is picked up), a timeout on every operation, and the mapping of
 //! LDAP outcomes onto `ConnectorError`. The bind password is read through the
 //! `SecretSource`, never logged and redacted from every message.
@@ -42,7 +44,9 @@ pub(crate) struct Conn {
     timeout: Duration,
     secrets: Arc<dyn SecretSource>,
     secret_name: String,
-    current: tokio::sync::Mutex<Option<Bound>>,
+    connections: Vec<tokio::sync::Mutex<Option<Bound>>>,
+    /// Which connection the next operation takes (round robin).
+    next: std::sync::atomic::AtomicUsize,
 }
 
 impl Conn {
@@ -52,6 +56,7 @@ impl Conn {
         timeout: Duration,
         secrets: Arc<dyn SecretSource>,
         secret_name: &str,
+        connections: usize,
     ) -> Conn {
         Conn {
             system: system.to_string(),
@@ -59,14 +64,25 @@ impl Conn {
             timeout,
             secrets,
             secret_name: secret_name.to_string(),
-            current: tokio::sync::Mutex::new(None),
+            connections: (0..connections.max(1))
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            next: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
-    /// A bound handle, from the live connection or a new one. Also returns the password in
-    /// use, so messages can be redacted.
-    async fn handle(&self) -> Result<(Ldap, String), ConnectorError> {
-        let mut current = self.current.lock().await;
+    /// A bound handle, from the live connection in the next slot or a new one. Also returns
+    /// the slot (to reset it on a transport failure) and the password in use, so messages
+    /// can be redacted.
+    async fn handle(&self) -> Result<(usize, Ldap, String), ConnectorError> {
+        let slot =
+            self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.connections.len();
+        let (ldap, password) = self.handle_in(slot).await?;
+        Ok((slot, ldap, password))
+    }
+
+    async fn handle_in(&self, slot: usize) -> Result<(Ldap, String), ConnectorError> {
+        let mut current = self.connections[slot].lock().await;
         if let Some(bound) = current.as_mut() {
             if !bound.ldap.is_closed() && bound.since.elapsed() < CONNECTION_TTL {
                 return Ok((bound.ldap.clone(), bound.password.clone()));
@@ -139,8 +155,8 @@ impl Conn {
         })
     }
 
-    async fn reset(&self) {
-        if let Some(mut old) = self.current.lock().await.take() {
+    async fn reset(&self, slot: usize) {
+        if let Some(mut old) = self.connections[slot].lock().await.take() {
             let _ = tokio::time::timeout(Duration::from_millis(500), old.ldap.unbind()).await;
         }
     }
@@ -152,16 +168,16 @@ impl Conn {
         F: FnOnce(Ldap) -> Fut,
         Fut: Future<Output = Result<T, LdapError>>,
     {
-        let (ldap, password) = self.handle().await?;
+        let (slot, ldap, password) = self.handle().await?;
         tracing::debug!(system = %self.system, operation = %what, "ldap request");
         match tokio::time::timeout(self.timeout, op(ldap)).await {
             Err(_) => {
-                self.reset().await;
+                self.reset(slot).await;
                 Err(self.timed_out(what))
             }
             Ok(Err(err)) => {
                 if is_transport(&err) {
-                    self.reset().await;
+                    self.reset(slot).await;
                 }
                 Err(self.ldap_error(what, err, &password))
             }
@@ -181,13 +197,13 @@ impl Conn {
             tracing::debug!(system = %self.system, operation = %what, rc = result.rc, "ldap result");
             return Ok(result.rc);
         }
-        let password = self
-            .current
-            .lock()
-            .await
-            .as_ref()
-            .map(|b| b.password.clone())
-            .unwrap_or_default();
+        let mut password = String::new();
+        for connection in &self.connections {
+            if let Some(bound) = connection.lock().await.as_ref() {
+                password.clone_from(&bound.password);
+                break;
+            }
+        }
         Err(self.rc_error(what, &result, &password))
     }
 
@@ -244,16 +260,16 @@ impl Conn {
         F: FnOnce(Ldap) -> Fut,
         Fut: Future<Output = Result<T, LdapError>>,
     {
-        let (ldap, password) = self.handle().await?;
+        let (slot, ldap, password) = self.handle().await?;
         tracing::debug!(system = %self.system, operation = %what, "ldap request");
         match tokio::time::timeout(self.timeout * 20, op(ldap)).await {
             Err(_) => {
-                self.reset().await;
+                self.reset(slot).await;
                 Err(self.timed_out(what))
             }
             Ok(Err(err)) => {
                 if is_transport(&err) {
-                    self.reset().await;
+                    self.reset(slot).await;
                 }
                 Err(self.ldap_error(what, err, &password))
             }
