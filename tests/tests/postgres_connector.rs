@@ -521,3 +521,93 @@ async fn list_accounts_reads_login_roles_and_last_activity() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_batch_is_one_read_one_script_and_each_task_answered_in_order() {
+    let pg = Postgres::start().await;
+    pg.create_login_role("ada", "pw-ada-7").await;
+    pg.create_login_role("bob", "pw-bob-7").await;
+    pg.create_login_role("cy", "pw-cy-7").await;
+    pg.execute("ALTER ROLE cy NOLOGIN").await;
+    pg.create_group_role("analysts").await;
+    pg.grant("analysts", "bob").await;
+    let connector = connector(&pg);
+    assert!(connector.max_batch() > 1);
+
+    // Discovery of several people answers each, in order; nobody has no role.
+    let found = connector
+        .discover_batch(&[person("bob"), person("nobody"), person("ada")])
+        .await;
+    let names: Vec<Vec<String>> = found
+        .into_iter()
+        .map(|accounts| {
+            accounts
+                .expect("discover")
+                .into_iter()
+                .map(|a| a.id)
+                .collect()
+        })
+        .collect();
+    assert_eq!(names, [vec!["bob"], vec![], vec!["ada"]]);
+
+    // Disables of an active role with an open session, a role that cannot log in already,
+    // a role that does not exist and the admin role deprov logs in as, plus a membership
+    // removal riding in the same batch.
+    let session = pg.open_session("ada", "pw-ada-7").await;
+    let tasks = [
+        task(Action::Disable, "ada", None),
+        task(Action::Disable, "cy", None),
+        task(Action::Disable, "ghost", None),
+        task(Action::Disable, &pg.admin_user, None),
+        task(Action::RemoveEntitlement, "bob", Some("analysts")),
+        task(Action::Disable, "bob", None),
+    ];
+    let applied = connector.apply_batch(&tasks).await;
+    assert_eq!(applied.len(), tasks.len());
+    assert_eq!(applied[0].as_ref().ok(), Some(&Applied::Changed));
+    assert_eq!(applied[1].as_ref().ok(), Some(&Applied::AlreadyDone));
+    assert_eq!(applied[2].as_ref().ok(), Some(&Applied::AlreadyDone));
+    let Err(ConnectorError::Permanent(refused)) = &applied[3] else {
+        panic!(
+            "deprov must not disable the role it logs in as: {:?}",
+            applied[3]
+        );
+    };
+    assert!(refused.contains("logs in as"), "{refused}");
+    assert_eq!(applied[4].as_ref().ok(), Some(&Applied::Changed));
+    assert_eq!(applied[5].as_ref().ok(), Some(&Applied::Changed));
+    assert!(
+        session.closed_within(Duration::from_secs(5)).await,
+        "the open session did not outlive the batch's disable"
+    );
+    assert!(pg.connect_as("ada", "pw-ada-7").await.is_err());
+    assert!(pg.connect_as("bob", "pw-bob-7").await.is_err());
+    assert_eq!(pg.role("bob").await.map(|r| r.member_of), Some(Vec::new()));
+
+    // One read answers every task, each judged on its own.
+    let evidence = connector.verify_batch(&tasks).await;
+    for (task, evidence) in tasks.iter().zip(&evidence) {
+        let evidence = evidence.as_ref().expect("verify");
+        let refused_one = task.account.id == pg.admin_user;
+        assert_eq!(
+            evidence.verified, !refused_one,
+            "{task:?}: {}",
+            evidence.observed
+        );
+        assert_eq!(evidence.observed["role"], json!(task.account.id));
+    }
+    assert_eq!(
+        evidence[2].as_ref().unwrap().observed["exists"],
+        json!(false)
+    );
+
+    // The same batch again changes nothing.
+    let again = connector.apply_batch(&tasks).await;
+    for (index, applied) in again.iter().enumerate().filter(|(index, _)| *index != 3) {
+        assert_eq!(
+            applied.as_ref().ok(),
+            Some(&Applied::AlreadyDone),
+            "task {index}"
+        );
+    }
+}

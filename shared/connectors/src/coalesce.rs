@@ -122,3 +122,100 @@ impl Connector for Coalesced {
         self.inner.list_accounts().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Answers each person with one account named after them; records each batch's size.
+    struct Directory {
+        batches: Mutex<Vec<usize>>,
+    }
+
+    #[async_trait]
+    impl Connector for Directory {
+        fn supports(&self) -> &[StageKind] {
+            &[]
+        }
+        fn max_batch(&self) -> usize {
+            8
+        }
+        async fn discover(&self, person: &PersonQuery) -> Result<Vec<Account>, ConnectorError> {
+            Ok(vec![Account {
+                system: "dir".into(),
+                id: person.person_id.clone(),
+                username: person.person_id.clone(),
+                email: None,
+                active: true,
+                entitlements: Vec::new(),
+                credentials: Vec::new(),
+                last_activity: None,
+            }])
+        }
+        async fn discover_batch(&self, people: &[PersonQuery]) -> Vec<Found> {
+            self.batches
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(people.len());
+            // Slow enough that searches queue up behind a batch in flight.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let mut found = Vec::new();
+            for person in people {
+                found.push(self.discover(person).await);
+            }
+            found
+        }
+        async fn apply(&self, _: &Task) -> Result<Applied, ConnectorError> {
+            Err(ConnectorError::Unsupported("apply".into()))
+        }
+        async fn verify(&self, _: &Task) -> Result<Evidence, ConnectorError> {
+            Err(ConnectorError::Unsupported("verify".into()))
+        }
+    }
+
+    fn person(id: usize) -> PersonQuery {
+        PersonQuery {
+            person_id: format!("P{id}"),
+            email: format!("p{id}@example.com"),
+            username: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_searches_go_together_and_each_gets_its_own_answer() {
+        let directory = Arc::new(Directory {
+            batches: Mutex::new(Vec::new()),
+        });
+        let coalesced = coalesce_discovery(directory.clone(), 2);
+        let people: Vec<PersonQuery> = (0..40).map(person).collect();
+        let found =
+            futures_util::future::join_all(people.iter().map(|p| coalesced.discover(p))).await;
+        for (person, found) in people.iter().zip(found) {
+            let accounts = found.unwrap_or_default();
+            assert_eq!(accounts.len(), 1);
+            assert_eq!(accounts[0].id, person.person_id);
+        }
+        let batches = directory
+            .batches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        assert_eq!(batches.iter().sum::<usize>(), 40);
+        assert!(
+            batches.iter().all(|size| (1..=8).contains(size)),
+            "{batches:?}"
+        );
+        assert!(
+            batches.len() <= 10,
+            "40 searches in {} calls",
+            batches.len()
+        );
+
+        // A lone search is not held back waiting for company.
+        let started = std::time::Instant::now();
+        let alone = coalesced.discover(&person(99)).await.unwrap_or_default();
+        assert_eq!(alone.len(), 1);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+}

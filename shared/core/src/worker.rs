@@ -405,4 +405,64 @@ mod tests {
         assert_eq!(outcome.status, TaskStatus::Escalated);
         assert_eq!(outcome.error.map(|e| e.kind), Some(ErrorKind::Unverified));
     }
+
+    /// Applies all but the last task of a batch and answers one result short.
+    struct Short;
+
+    #[async_trait]
+    impl Connector for Short {
+        fn supports(&self) -> &[StageKind] {
+            &[StageKind::Disable]
+        }
+        fn max_batch(&self) -> usize {
+            10
+        }
+        async fn discover(&self, _: &PersonQuery) -> Result<Vec<Account>, ConnectorError> {
+            Ok(vec![])
+        }
+        async fn apply(&self, _: &Task) -> Result<Applied, ConnectorError> {
+            Ok(Applied::Changed)
+        }
+        async fn apply_batch(&self, tasks: &[Task]) -> Vec<Result<Applied, ConnectorError>> {
+            tasks.iter().skip(1).map(|_| Ok(Applied::Changed)).collect()
+        }
+        async fn verify(&self, _: &Task) -> Result<Evidence, ConnectorError> {
+            Ok(Evidence {
+                verified: true,
+                observed: json!({}),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_answers_each_task_and_a_missing_answer_is_never_a_success() {
+        let store = MemoryStore::default();
+        let tasks: Vec<Task> = (0..3)
+            .map(|n| Task {
+                task_id: format!("t-{n}"),
+                ..task()
+            })
+            .collect();
+        // The first was finished before: it is answered from the record, not applied.
+        let done = finished(&tasks[0], TaskStatus::Verified, 1);
+        let _ = store.start_task(&tasks[0]).await;
+        let _ = store.complete_task(&done).await;
+        let answers = attempt_batch(&Short, &store, &tasks).await;
+        let statuses: Vec<TaskStatus> = answers
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(Attempt::Finished(outcome)) => outcome.status,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // Two were applied and one answer is missing: the last is escalated, not verified.
+        assert_eq!(
+            statuses,
+            [
+                TaskStatus::Verified,
+                TaskStatus::Verified,
+                TaskStatus::Escalated
+            ]
+        );
+    }
 }

@@ -288,8 +288,27 @@ impl Engine {
         &self,
         events: &[LifecycleEvent],
     ) -> Result<Vec<RunReport>, EngineError> {
-        let mut reports = Vec::with_capacity(events.len());
-        let mut rest = events;
+        // An event given twice is one run: later copies answer with the first's report.
+        let mut first_of: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut unique = Vec::with_capacity(events.len());
+        // Per event: the position of its first copy, if it is a later one.
+        let copy_of: Vec<Option<usize>> = events
+            .iter()
+            .enumerate()
+            .map(|(position, event)| {
+                let key = (event.source.as_str(), event.event_id.as_str());
+                match first_of.get(&key) {
+                    Some(first) => Some(*first),
+                    None => {
+                        first_of.insert(key, position);
+                        unique.push(event.clone());
+                        None
+                    }
+                }
+            })
+            .collect();
+        let mut reports: Vec<RunReport> = Vec::with_capacity(unique.len());
+        let mut rest = unique.as_slice();
         while !rest.is_empty() {
             let together = match rest.iter().position(|e| e.kind.stops_pending_runs()) {
                 Some(0) => 1,
@@ -309,7 +328,21 @@ impl Engine {
             reports.extend(cohorts.into_iter().flatten());
             rest = &rest[together..];
         }
-        Ok(reports)
+        let mut firsts = reports.into_iter();
+        let mut answered: Vec<RunReport> = Vec::with_capacity(events.len());
+        for copy in copy_of {
+            let report = match copy {
+                None => firsts.next(),
+                Some(first) => answered.get(first).map(|report| RunReport {
+                    duplicate: true,
+                    ..report.clone()
+                }),
+            };
+            answered.push(report.ok_or_else(|| {
+                EngineError::Store(StoreError::Backend("an event got no report".into()))
+            })?);
+        }
+        Ok(answered)
     }
 
     /// Continues one run as far as it can go now.

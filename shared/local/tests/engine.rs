@@ -456,3 +456,168 @@ async fn a_denied_run_is_cancelled_and_an_unanswered_one_escalates_at_the_deadli
     assert_eq!(kinds.last(), Some(&AuditKind::RunFinished));
     chain_ok(&rig.store, &held.run_id).await;
 }
+
+/// The demo connector, declaring batches and counting the calls it gets.
+struct Batching {
+    inner: MemoryConnector,
+    discover_calls: std::sync::Mutex<Vec<usize>>,
+    apply_calls: std::sync::Mutex<Vec<usize>>,
+}
+
+#[async_trait::async_trait]
+impl Connector for Batching {
+    fn supports(&self) -> &[deprov_core::plan::StageKind] {
+        self.inner.supports()
+    }
+    fn max_batch(&self) -> usize {
+        8
+    }
+    async fn discover(
+        &self,
+        person: &deprov_core::PersonQuery,
+    ) -> Result<Vec<deprov_core::Account>, ConnectorError> {
+        self.inner.discover(person).await
+    }
+    async fn discover_batch(
+        &self,
+        people: &[deprov_core::PersonQuery],
+    ) -> Vec<Result<Vec<deprov_core::Account>, ConnectorError>> {
+        self.discover_calls.lock().unwrap().push(people.len());
+        let mut found = Vec::new();
+        for person in people {
+            found.push(self.inner.discover(person).await);
+        }
+        found
+    }
+    async fn apply(
+        &self,
+        task: &deprov_core::plan::Task,
+    ) -> Result<deprov_core::Applied, ConnectorError> {
+        self.inner.apply(task).await
+    }
+    async fn apply_batch(
+        &self,
+        tasks: &[deprov_core::plan::Task],
+    ) -> Vec<Result<deprov_core::Applied, ConnectorError>> {
+        self.apply_calls.lock().unwrap().push(tasks.len());
+        let mut applied = Vec::new();
+        for task in tasks {
+            applied.push(self.inner.apply(task).await);
+        }
+        applied
+    }
+    async fn verify(
+        &self,
+        task: &deprov_core::plan::Task,
+    ) -> Result<deprov_core::Evidence, ConnectorError> {
+        self.inner.verify(task).await
+    }
+}
+
+fn termination_of(index: usize) -> LifecycleEvent {
+    let mut event: serde_json::Value = serde_json::to_value(sample_event()).unwrap();
+    event["event_id"] = format!("bulk-{index}").into();
+    event["person"]["id"] = format!("E{index:04}").into();
+    event["person"]["email"] = format!("p{index}@example.com").into();
+    event["person"]["usernames"]["crm"] = format!("p{index}").into();
+    LifecycleEvent::parse(event.to_string().as_bytes()).unwrap()
+}
+
+#[tokio::test]
+async fn many_events_at_once_run_together_and_answer_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("deprov.db")).unwrap());
+    let crm = MemoryDirectory::new();
+    for index in 0..40 {
+        crm.add_account(
+            "crm",
+            &format!("u{index}"),
+            &format!("p{index}"),
+            &format!("p{index}@example.com"),
+            &["eng"],
+        );
+    }
+    let batching = Arc::new(Batching {
+        inner: MemoryConnector::new(Arc::clone(&crm)),
+        discover_calls: std::sync::Mutex::new(Vec::new()),
+        apply_calls: std::sync::Mutex::new(Vec::new()),
+    });
+    let mut connectors: BTreeMap<String, Arc<dyn Connector>> = BTreeMap::new();
+    connectors.insert("crm".into(), batching.clone());
+    connectors.insert(
+        "wiki".into(),
+        Arc::new(MemoryConnector::new(MemoryDirectory::new())),
+    );
+    let clock = Arc::new(ManualClock::at(
+        Utc.with_ymd_and_hms(2026, 11, 26, 9, 0, 0).unwrap(),
+    ));
+    let engine = Engine::start(
+        fast_policy(),
+        connectors,
+        store.clone(),
+        store.clone(),
+        clock,
+        EngineOptions::default(),
+        None,
+    );
+
+    // 30 terminations, a redelivery of the third, one naming a system the policy does not
+    // have, a rehire of person 5, then a termination after it.
+    let mut events: Vec<LifecycleEvent> = (0..30).map(termination_of).collect();
+    events.push(termination_of(2));
+    let mut unknown: serde_json::Value = serde_json::to_value(termination_of(31)).unwrap();
+    unknown["systems"] = serde_json::json!(["payroll"]);
+    events.push(LifecycleEvent::parse(unknown.to_string().as_bytes()).unwrap());
+    let mut rehire: serde_json::Value = serde_json::to_value(termination_of(5)).unwrap();
+    rehire["event_id"] = "bulk-rehire-5".into();
+    rehire["kind"] = "rehire".into();
+    rehire.as_object_mut().unwrap().remove("termination_type");
+    events.push(LifecycleEvent::parse(rehire.to_string().as_bytes()).unwrap());
+    events.push(termination_of(32));
+
+    let reports = engine.submit_many(&events).await.unwrap();
+    assert_eq!(reports.len(), events.len());
+    for (index, report) in reports.iter().take(30).enumerate() {
+        assert_eq!(
+            report.run_id,
+            deprov_core::ids::run_id("workday", &format!("bulk-{index}"))
+        );
+        // sessions, disable and the group verified; the delete waits 30 days.
+        assert_eq!(report.status, RunStatus::Waiting, "run of person {index}");
+        assert_eq!(report.count(TaskStatus::Verified), 3);
+        assert!(!report.duplicate);
+        chain_ok(&store, &report.run_id).await;
+    }
+    for index in (0..30).filter(|index| *index != 5) {
+        let account = crm.account(&format!("u{index}")).unwrap();
+        assert!(!account.active && account.entitlements.is_empty());
+    }
+    // The redelivery answers with the run the first delivery started.
+    assert!(reports[30].duplicate);
+    assert_eq!(reports[30].run_id, reports[2].run_id);
+    // The unknown system is refused, in the trail, and changes nothing.
+    assert_eq!(reports[31].status, RunStatus::Refused);
+    assert!(reports[31].refused.as_ref().unwrap().contains("payroll"));
+    assert_eq!(chain_ok(&store, &reports[31].run_id).await, 1);
+    assert!(crm.account("u31").unwrap().active);
+    // The rehire came after person 5's termination: it stopped that run and restored.
+    assert_eq!(reports[32].stopped_runs, vec![reports[5].run_id.clone()]);
+    assert_eq!(reports[32].status, RunStatus::Completed);
+    assert!(crm.account("u5").unwrap().active);
+    assert_eq!(
+        store.run_status(&reports[5].run_id).await.unwrap(),
+        Some(RunStatus::Cancelled)
+    );
+    // The termination after the rehire ran too.
+    assert_eq!(reports[33].status, RunStatus::Waiting);
+    assert!(!crm.account("u32").unwrap().active);
+
+    // The batching system was asked for many people and tasks per call.
+    let discover_calls = batching.discover_calls.lock().unwrap().clone();
+    let apply_calls = batching.apply_calls.lock().unwrap().clone();
+    assert!(discover_calls.iter().all(|n| (1..=8).contains(n)));
+    assert!(discover_calls.iter().any(|n| *n > 1), "{discover_calls:?}");
+    assert!(apply_calls.iter().all(|n| (1..=8).contains(n)));
+    assert!(apply_calls.iter().any(|n| *n > 1), "{apply_calls:?}");
+    assert!(apply_calls.len() < 3 * 32, "{apply_calls:?}");
+}
