@@ -76,12 +76,14 @@ const TERMINATION_WAIT: Duration = Duration::from_secs(10);
 const ENTITLEMENT_KIND: &str = "role";
 
 /// Roles as read from `pg_roles`, with their direct memberships and open backends.
+/// `pg_stat_activity` is read once per query (a function over every backend), not per role.
 const ROLES_QUERY: &str = "SELECT r.rolname::text, r.rolcanlogin, \
      ARRAY(SELECT DISTINCT g.rolname::text FROM pg_auth_members m \
            JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid ORDER BY 1), \
-     (SELECT count(*) FROM pg_stat_activity a \
-      WHERE a.usename = r.rolname AND a.pid <> pg_backend_pid()) \
-   FROM pg_roles r WHERE r.rolname = ANY($1)";
+     COALESCE(a.backends, 0) \
+   FROM pg_roles r LEFT JOIN (SELECT usename, count(*) AS backends FROM pg_stat_activity \
+     WHERE pid <> pg_backend_pid() GROUP BY usename) a ON a.usename = r.rolname \
+   WHERE r.rolname = ANY($1)";
 const LOGIN_ROLES_QUERY: &str = "SELECT r.rolname::text, r.rolcanlogin, \
      ARRAY(SELECT DISTINCT g.rolname::text FROM pg_auth_members m \
            JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid ORDER BY 1), \

@@ -616,6 +616,9 @@ impl Inner {
                 self.await_approval(run).await?;
             }
         }
+        // Outcomes of the runs finished here, as read to judge them: their reports need no
+        // second read.
+        let mut final_outcomes: HashMap<usize, Vec<TaskOutcome>> = HashMap::new();
         let mut moving: Vec<usize> = (0..runs.len())
             .filter(|&index| matches!(runs[index].status, RunStatus::Running | RunStatus::Waiting))
             .collect();
@@ -646,14 +649,18 @@ impl Inner {
                 });
                 due.push((index, stage));
             }
-            self.finish(
-                runs.iter_mut()
-                    .enumerate()
-                    .filter(|(index, _)| finishing.contains(index))
-                    .map(|(_, run)| run)
-                    .collect(),
-            )
-            .await?;
+            let judged = self
+                .finish(
+                    runs.iter_mut()
+                        .enumerate()
+                        .filter(|(index, _)| finishing.contains(index))
+                        .map(|(_, run)| run)
+                        .collect(),
+                )
+                .await?;
+            for (index, outcomes) in finishing.into_iter().zip(judged) {
+                final_outcomes.insert(index, outcomes);
+            }
             if due.is_empty() {
                 break;
             }
@@ -712,8 +719,18 @@ impl Inner {
                 self.store.put_runs(&advanced).await?;
             }
         }
-        let ids: Vec<String> = runs.iter().map(|run| run.run_id.clone()).collect();
-        let outcomes = self.store.task_outcomes_of(&ids).await?;
+        let unread: Vec<String> = (0..runs.len())
+            .filter(|index| !final_outcomes.contains_key(index))
+            .map(|index| runs[index].run_id.clone())
+            .collect();
+        let mut read = self.store.task_outcomes_of(&unread).await?.into_iter();
+        let mut outcomes = Vec::with_capacity(runs.len());
+        for index in 0..runs.len() {
+            outcomes.push(match final_outcomes.remove(&index) {
+                Some(judged) => judged,
+                None => read.next().unwrap_or_default(),
+            });
+        }
         Ok(runs
             .into_iter()
             .zip(outcomes)
@@ -1053,9 +1070,13 @@ impl Inner {
 
     /// Closes runs: each completed only if every task verified and every system was
     /// reachable.
-    async fn finish(&self, runs: Vec<&mut RunRecord>) -> Result<(), EngineError> {
+    /// Returns the outcomes each run was judged on.
+    async fn finish(
+        &self,
+        runs: Vec<&mut RunRecord>,
+    ) -> Result<Vec<Vec<TaskOutcome>>, EngineError> {
         if runs.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let ids: Vec<String> = runs.iter().map(|run| run.run_id.clone()).collect();
         let outcomes = self.store.task_outcomes_of(&ids).await?;
@@ -1082,7 +1103,7 @@ impl Inner {
                 status: run.status,
             });
         }
-        Ok(())
+        Ok(outcomes)
     }
 
     /// Records every task of `run` cancelled (`why`) and leaves the run in `status`.

@@ -435,24 +435,24 @@ fn claim_event(
     event_id: &str,
     run_id: &str,
 ) -> Result<EventClaim, StoreError> {
-    let existing: Option<String> = cached_row(
+    let claimed = cached_execute(
+        tx,
+        "INSERT INTO events (source, event_id, run_id, received_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (source, event_id) DO NOTHING",
+        params![source, event_id, run_id, Utc::now().to_rfc3339()],
+    )
+    .map_err(backend)?;
+    if claimed == 1 {
+        return Ok(EventClaim::New);
+    }
+    let existing: String = cached_row(
         tx,
         "SELECT run_id FROM events WHERE source = ?1 AND event_id = ?2",
         params![source, event_id],
         |row| row.get(0),
     )
-    .optional()
     .map_err(backend)?;
-    if let Some(existing) = existing {
-        return Ok(EventClaim::Existing(existing));
-    }
-    cached_execute(
-        tx,
-        "INSERT INTO events (source, event_id, run_id, received_at) VALUES (?1, ?2, ?3, ?4)",
-        params![source, event_id, run_id, Utc::now().to_rfc3339()],
-    )
-    .map_err(backend)?;
-    Ok(EventClaim::New)
+    Ok(EventClaim::Existing(existing))
 }
 
 fn put_run(tx: &Transaction<'_>, run: &RunRecord) -> Result<(), StoreError> {
@@ -620,35 +620,33 @@ fn parse_outcome(text: &str) -> Result<TaskOutcome, StoreError> {
 }
 
 fn start_task(tx: &Transaction<'_>, task_id: &str, run_id: &str) -> Result<TaskStart, StoreError> {
-    let existing: Option<(u32, Option<String>)> = cached_row(
+    let fresh = cached_execute(
+        tx,
+        "INSERT INTO tasks (task_id, run_id, attempts) VALUES (?1, ?2, 1)
+         ON CONFLICT (task_id) DO NOTHING",
+        params![task_id, run_id],
+    )
+    .map_err(backend)?;
+    if fresh == 1 {
+        return Ok(TaskStart::Fresh);
+    }
+    let (attempts, outcome): (u32, Option<String>) = cached_row(
         tx,
         "SELECT attempts, outcome FROM tasks WHERE task_id = ?1",
         params![task_id],
         |row| Ok((row.get(0)?, row.get(1)?)),
     )
-    .optional()
     .map_err(backend)?;
-    match existing {
-        Some((_, Some(outcome))) => Ok(TaskStart::Finished(Box::new(parse_outcome(&outcome)?))),
-        Some((attempts, None)) => {
-            cached_execute(
-                tx,
-                "UPDATE tasks SET attempts = attempts + 1 WHERE task_id = ?1",
-                params![task_id],
-            )
-            .map_err(backend)?;
-            Ok(TaskStart::Interrupted { attempts })
-        }
-        None => {
-            cached_execute(
-                tx,
-                "INSERT INTO tasks (task_id, run_id, attempts) VALUES (?1, ?2, 1)",
-                params![task_id, run_id],
-            )
-            .map_err(backend)?;
-            Ok(TaskStart::Fresh)
-        }
+    if let Some(outcome) = outcome {
+        return Ok(TaskStart::Finished(Box::new(parse_outcome(&outcome)?)));
     }
+    cached_execute(
+        tx,
+        "UPDATE tasks SET attempts = attempts + 1 WHERE task_id = ?1",
+        params![task_id],
+    )
+    .map_err(backend)?;
+    Ok(TaskStart::Interrupted { attempts })
 }
 
 fn complete_task(
@@ -745,30 +743,16 @@ fn append(
     sealed: SealedEntry,
     body: &str,
 ) -> Result<AuditRecord, StoreError> {
-    let entry = &sealed.body;
-    let existing = tx
-        .prepare_cached(&format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit WHERE run_id = ?1 AND key = ?2"
-        ))
-        .and_then(|mut statement| {
-            statement
-                .query_row(params![entry.run_id, entry.key], audit_row)
-                .optional()
-        })
-        .map_err(backend)?;
-    if let Some(existing) = existing {
-        return parse_record(existing);
-    }
-    let head = match heads.get(&entry.run_id) {
+    let head = match heads.get(&sealed.body.run_id) {
         Some(head) => Some(head.clone()),
-        None => head(tx, &entry.run_id)?,
+        None => head(tx, &sealed.body.run_id)?,
     };
     let record = sealed.link(head.as_ref());
-    tx.prepare_cached(
-        "INSERT INTO audit (run_id, seq, key, subject, body, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )
-    .and_then(|mut statement| {
-        statement.execute(params![
+    let inserted = cached_execute(
+        tx,
+        "INSERT INTO audit (run_id, seq, key, subject, body, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (run_id, key) DO NOTHING",
+        params![
             record.body.run_id,
             record.seq,
             record.body.key,
@@ -776,9 +760,20 @@ fn append(
             body,
             record.prev_hash,
             record.hash
-        ])
-    })
+        ],
+    )
     .map_err(backend)?;
+    if inserted == 0 {
+        // Appended before (a retry): the first record stands and the chain does not move.
+        let existing = cached_row(
+            tx,
+            &format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE run_id = ?1 AND key = ?2"),
+            params![record.body.run_id, record.body.key],
+            audit_row,
+        )
+        .map_err(backend)?;
+        return parse_record(existing);
+    }
     tx.prepare_cached(
         "INSERT INTO audit_heads (run_id, seq, hash) VALUES (?1, ?2, ?3)
          ON CONFLICT (run_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
