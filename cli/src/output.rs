@@ -351,3 +351,38 @@ pub fn summarize(report: &RunReport) -> u8 {
     }
     summarize_code(report)
 }
+
+/// One line tallying runs (unless `quiet`), and the exit code the worst of them deserves.
+pub fn runs_code(reports: &[RunReport], quiet: bool) -> u8 {
+    let mut code = crate::failure::OK;
+    let (mut completed, mut waiting, mut escalated) = (0, 0, 0);
+    for report in reports {
+        code = code.max(summarize_code(report));
+        match report.status {
+            RunStatus::Completed => completed += 1,
+            RunStatus::Waiting => waiting += 1,
+            _ if report.count(TaskStatus::Escalated) > 0 => escalated += 1,
+            RunStatus::Escalated => escalated += 1,
+            _ => {}
+        }
+    }
+    if !quiet {
+        println!(
+            "{} run(s): {completed} completed, {waiting} waiting for a delayed stage, {escalated} escalated.",
+            reports.len()
+        );
+    }
+    code
+}
+
+/// A run's report in brief, for `--json` listings.
+pub fn run_json(report: &RunReport) -> serde_json::Value {
+    serde_json::json!({
+        "run_id": report.run_id,
+        "status": report.status,
+        "duplicate": report.duplicate,
+        "refused": report.refused,
+        "verified": report.count(TaskStatus::Verified),
+        "escalated": report.count(TaskStatus::Escalated),
+    })
+}

@@ -20,8 +20,13 @@ pub struct RunArgs {
     #[arg(long)]
     policy: PathBuf,
     /// Lifecycle event (JSON).
-    #[arg(long)]
-    event: PathBuf,
+    #[arg(long, required_unless_present = "events", conflicts_with = "events")]
+    event: Option<PathBuf>,
+    /// Many lifecycle events at once (a layoff, a contractor agency's end, a divestiture):
+    /// JSON Lines, one event per line, or a JSON array. They are planned and run together;
+    /// if any is invalid, nothing runs.
+    #[arg(long, conflicts_with = "dry_run")]
+    events: Option<PathBuf>,
     /// SQLite file for runs and the audit trail.
     #[arg(long, env = "DEPROV_DB")]
     db: Option<PathBuf>,
@@ -87,23 +92,59 @@ pub async fn stop_engine(engine: Engine, printer: tokio::task::JoinHandle<()>) {
     let _ = printer.await;
 }
 
+/// An engine over `store`, printing progress unless `quiet` (JSON output).
+pub fn engine_for(
+    policy: Policy,
+    connectors: std::collections::BTreeMap<String, Arc<dyn deprov_core::Connector>>,
+    store: &Arc<SqliteStore>,
+    quiet: bool,
+) -> (Engine, Option<tokio::task::JoinHandle<()>>) {
+    if quiet {
+        // JSON output: no progress lines on stdout.
+        let engine = Engine::start(
+            policy,
+            connectors,
+            store.clone(),
+            store.clone(),
+            Arc::new(SystemClock),
+            EngineOptions::default(),
+            None,
+        );
+        return (engine, None);
+    }
+    let (engine, printer) = start_engine(policy, connectors, store.clone(), Arc::new(SystemClock));
+    (engine, Some(printer))
+}
+
+pub async fn finish_engine(engine: Engine, printer: Option<tokio::task::JoinHandle<()>>) {
+    match printer {
+        Some(printer) => stop_engine(engine, printer).await,
+        None => engine.shutdown(),
+    }
+}
+
 pub async fn run(args: RunArgs) -> Result<u8, Failure> {
+    let event_path = match (&args.event, &args.events) {
+        (_, Some(events)) => return run_many(&args, events).await,
+        (Some(event), None) => event.clone(),
+        (None, None) => return Err(Failure::invalid("give --event FILE or --events FILE")),
+    };
     let policy_bytes = setup::read(&args.policy, "policy")?;
-    let event_bytes = setup::read(&args.event, "event")?;
+    let event_bytes = setup::read(&event_path, "event")?;
     let store = if args.dry_run {
         None
     } else {
         Some(setup::open_store(&setup::db_path(args.db))?)
     };
     let policy = setup::parse_policy(&args.policy, &policy_bytes);
-    let event = setup::parse_event(&args.event, &event_bytes);
+    let event = setup::parse_event(&event_path, &event_bytes);
     let (policy, event) = match (policy, event) {
         (Ok(policy), Ok(event)) => (policy, event),
         (policy, event) => {
             let mut message = Vec::new();
             for (path, bytes, invalid) in [
                 (&args.policy, &policy_bytes, policy.err()),
-                (&args.event, &event_bytes, event.err()),
+                (&event_path, &event_bytes, event.err()),
             ] {
                 if let Some(invalid) = invalid {
                     if let Some(store) = &store {
@@ -171,6 +212,95 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
     }
     output::print_outcomes(&report.outcomes);
     let code = output::summarize(&report);
+    println!(
+        "Audit trail: {} (verify with `deprov audit verify --db {0}`)",
+        store.path().display()
+    );
+    Ok(code)
+}
+
+/// `deprov run --events FILE`: every event checked first (nothing runs if one is invalid),
+/// then all of them submitted together.
+async fn run_many(args: &RunArgs, path: &std::path::Path) -> Result<u8, Failure> {
+    let policy_bytes = setup::read(&args.policy, "policy")?;
+    let events_bytes = setup::read(path, "events")?;
+    let store = setup::open_store(&setup::db_path(args.db.clone()))?;
+    let policy = setup::parse_policy(&args.policy, &policy_bytes);
+    let mut problems = Vec::new();
+    if let Err(invalid) = &policy {
+        setup::record_rejection(&store, &args.policy, &policy_bytes, invalid).await?;
+        problems.push(invalid.to_string());
+    }
+    let mut events = Vec::new();
+    for (place, bytes) in setup::split_events(path, &events_bytes)? {
+        match deprov_core::LifecycleEvent::parse(&bytes) {
+            Ok(event) => events.push(event),
+            Err(mut invalid) => {
+                invalid.what = place;
+                setup::record_rejection(&store, path, &bytes, &invalid).await?;
+                problems.push(invalid.to_string());
+            }
+        }
+    }
+    let policy = match policy {
+        Ok(policy) if problems.is_empty() => policy,
+        _ => {
+            return Err(Failure::invalid(format!(
+                "{}\nNothing was executed.",
+                problems.join("\n")
+            )))
+        }
+    };
+    if events.is_empty() {
+        return Err(Failure::invalid(format!(
+            "{} holds no events: give one JSON event per line, or a JSON array of events",
+            path.display()
+        )));
+    }
+    let secrets = setup::secrets(args.secrets.as_deref())?;
+    let connectors = setup::connectors(&policy, secrets)?;
+    store
+        .record_policy(&policy.version, &String::from_utf8_lossy(&policy_bytes))
+        .await
+        .map_err(|err| Failure::invalid(err.to_string()))?;
+    let (engine, printer) = engine_for(policy, connectors, &store, args.json);
+    let reports = engine.submit_many(&events).await;
+    finish_engine(engine, printer).await;
+    let reports = reports?;
+    if args.json {
+        let runs: Vec<serde_json::Value> = events
+            .iter()
+            .zip(&reports)
+            .map(|(event, report)| {
+                let mut run = output::run_json(report);
+                run["event_id"] = event.event_id.clone().into();
+                run["person_id"] = event.person.id.clone().into();
+                run
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&runs).unwrap_or_default()
+        );
+        return Ok(output::runs_code(&reports, true));
+    }
+    let mut table = output::table(&["event", "person", "run", "status", "verified", "escalated"]);
+    for (event, report) in events.iter().zip(&reports) {
+        table.add_row(vec![
+            output::shorten(&event.event_id, 32),
+            output::shorten(&event.person.id, 24),
+            report.run_id.clone(),
+            if report.duplicate {
+                format!("{} (received before)", report.status.as_str())
+            } else {
+                report.status.as_str().to_string()
+            },
+            report.count(deprov_core::TaskStatus::Verified).to_string(),
+            report.count(deprov_core::TaskStatus::Escalated).to_string(),
+        ]);
+    }
+    println!("{table}");
+    let code = output::runs_code(&reports, false);
     println!(
         "Audit trail: {} (verify with `deprov audit verify --db {0}`)",
         store.path().display()

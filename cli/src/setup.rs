@@ -52,6 +52,41 @@ pub fn parse_event(path: &Path, bytes: &[u8]) -> Result<LifecycleEvent, Invalid>
     })
 }
 
+/// The events of an `--events` file, each with where it is (for messages): a JSON array of
+/// events, or JSON Lines (one event per line; blank lines skipped).
+pub fn split_events(path: &Path, bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, Failure> {
+    let text = String::from_utf8_lossy(bytes);
+    if text.trim_start().starts_with('[') {
+        let items: Vec<serde_json::Value> = serde_json::from_slice(bytes).map_err(|err| {
+            Failure::invalid(format!(
+                "{} starts like a JSON array of events but is not one: {err}",
+                path.display()
+            ))
+        })?;
+        return Ok(items
+            .iter()
+            .enumerate()
+            .map(|(index, item)| {
+                (
+                    format!("event [{index}] of {}", path.display()),
+                    item.to_string().into_bytes(),
+                )
+            })
+            .collect());
+    }
+    Ok(text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| {
+            (
+                format!("event on line {} of {}", index + 1, path.display()),
+                line.as_bytes().to_vec(),
+            )
+        })
+        .collect())
+}
+
 /// Writes the one record a refused input leaves behind: what was refused and why, keyed by
 /// the document's hash (the document itself is not stored).
 pub async fn record_rejection(

@@ -9,14 +9,13 @@ use deprov_core::plan::build_plan;
 use deprov_core::ports::{Clock, Decided, RunStore, SystemClock};
 use deprov_core::quarantine::{self, Decision, Quarantine, QuarantineStatus};
 use deprov_core::sweep::{FindingKind, SweepReport};
-use deprov_core::task::TaskStatus;
 use deprov_core::Policy;
 use deprov_local::sweep::{self as local_sweep, Acted};
-use deprov_local::{Engine, EngineOptions, RunReport, SqliteStore};
+use deprov_local::{EngineOptions, SqliteStore};
 
 use crate::failure::{Failure, FAILURE, OK, QUARANTINED};
 use crate::output::{self, shorten};
-use crate::run::{start_engine, stop_engine};
+use crate::run;
 use crate::setup;
 
 /// How long listing one system's accounts may take, retries included.
@@ -118,21 +117,21 @@ pub async fn sweep(args: SweepArgs) -> Result<u8, Failure> {
     if !args.json {
         print_report(&report);
     }
-    let (engine, printer) = engine_for(policy, connectors, &store, args.json);
+    let (engine, printer) = run::engine_for(policy, connectors, &store, args.json);
     let acted = local_sweep::act(&engine, store.as_ref(), store.as_ref(), &report, now).await;
-    finish(engine, printer).await;
+    run::finish_engine(engine, printer).await;
     let acted = acted?;
     let code = match &acted {
         Acted::Quarantined(quarantine) => {
             alert(quarantine);
             QUARANTINED
         }
-        Acted::Started(reports) => runs_code(reports, args.json),
+        Acted::Started(reports) => output::runs_code(reports, args.json),
     };
     if args.json {
         let (quarantine, runs) = match &acted {
             Acted::Quarantined(quarantine) => (Some(quarantine.as_ref()), Vec::new()),
-            Acted::Started(reports) => (None, reports.iter().map(run_json).collect()),
+            Acted::Started(reports) => (None, reports.iter().map(output::run_json).collect()),
         };
         println!(
             "{}",
@@ -154,16 +153,16 @@ pub async fn approve(args: DecideArgs) -> Result<u8, Failure> {
     let (store, quarantine) = decide(&args, QuarantineStatus::Approved).await?;
     let policy = decision_policy(&args, &store, &quarantine.policy_version).await?;
     let connectors = setup::connectors(&policy, setup::secrets(args.secrets.as_deref())?)?;
-    let (engine, printer) = engine_for(policy, connectors, &store, false);
+    let (engine, printer) = run::engine_for(policy, connectors, &store, false);
     let reports = local_sweep::release(&engine, &quarantine).await;
-    finish(engine, printer).await;
+    run::finish_engine(engine, printer).await;
     let reports = reports?;
     println!(
         "Released quarantine {}: {} run(s) started.",
         quarantine.quarantine_id,
         reports.len()
     );
-    Ok(runs_code(&reports, false))
+    Ok(output::runs_code(&reports, false))
 }
 
 pub async fn deny(args: DecideArgs) -> Result<u8, Failure> {
@@ -265,7 +264,7 @@ async fn decide_run(args: &DecideArgs, approved: bool) -> Result<u8, Failure> {
         .ok_or_else(|| Failure::invalid(format!("no run \"{run_id}\" in {}", db.display())))?;
     let policy = decision_policy(args, &store, &run.plan.policy_version).await?;
     let connectors = setup::connectors(&policy, setup::secrets(args.secrets.as_deref())?)?;
-    let (engine, printer) = engine_for(policy, connectors, &store, false);
+    let (engine, printer) = run::engine_for(policy, connectors, &store, false);
     let report = engine
         .decide(run_id, approved, &args.by, &args.reason)
         .await
@@ -273,7 +272,7 @@ async fn decide_run(args: &DecideArgs, approved: bool) -> Result<u8, Failure> {
             deprov_local::EngineError::Decision(message) => Failure::invalid(message),
             other => other.into(),
         });
-    finish(engine, printer).await;
+    run::finish_engine(engine, printer).await;
     let report = report?;
     if !approved {
         println!(
@@ -327,36 +326,6 @@ async fn decide(
     Ok((store, quarantine))
 }
 
-fn engine_for(
-    policy: Policy,
-    connectors: std::collections::BTreeMap<String, Arc<dyn deprov_core::Connector>>,
-    store: &Arc<SqliteStore>,
-    quiet: bool,
-) -> (Engine, Option<tokio::task::JoinHandle<()>>) {
-    if quiet {
-        // JSON output: no progress lines on stdout.
-        let engine = Engine::start(
-            policy,
-            connectors,
-            store.clone(),
-            store.clone(),
-            Arc::new(SystemClock),
-            EngineOptions::default(),
-            None,
-        );
-        return (engine, None);
-    }
-    let (engine, printer) = start_engine(policy, connectors, store.clone(), Arc::new(SystemClock));
-    (engine, Some(printer))
-}
-
-async fn finish(engine: Engine, printer: Option<tokio::task::JoinHandle<()>>) {
-    match printer {
-        Some(printer) => stop_engine(engine, printer).await,
-        None => engine.shutdown(),
-    }
-}
-
 /// The alert: one line on stderr an operator or a log watcher cannot miss.
 fn alert(quarantine: &Quarantine) {
     eprintln!("{}", quarantine.alert());
@@ -369,39 +338,6 @@ fn breaches_text(quarantine: &Quarantine) -> String {
         .map(|b| b.message.as_str())
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-fn runs_code(reports: &[RunReport], quiet: bool) -> u8 {
-    let mut code = OK;
-    let (mut completed, mut waiting, mut escalated) = (0, 0, 0);
-    for report in reports {
-        code = code.max(output::summarize_code(report));
-        match report.status {
-            deprov_core::ports::RunStatus::Completed => completed += 1,
-            deprov_core::ports::RunStatus::Waiting => waiting += 1,
-            _ if report.count(TaskStatus::Escalated) > 0 => escalated += 1,
-            deprov_core::ports::RunStatus::Escalated => escalated += 1,
-            _ => {}
-        }
-    }
-    if !quiet {
-        println!(
-            "{} run(s): {completed} completed, {waiting} waiting for a delayed stage, {escalated} escalated.",
-            reports.len()
-        );
-    }
-    code
-}
-
-fn run_json(report: &RunReport) -> serde_json::Value {
-    serde_json::json!({
-        "run_id": report.run_id,
-        "status": report.status,
-        "duplicate": report.duplicate,
-        "refused": report.refused,
-        "verified": report.count(TaskStatus::Verified),
-        "escalated": report.count(TaskStatus::Escalated),
-    })
 }
 
 fn print_json(report: &SweepReport) {

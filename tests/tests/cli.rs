@@ -523,3 +523,84 @@ async fn a_run_held_for_approval_changes_nothing_until_approved_and_a_denied_one
     let verify = space.deprov(&server.token, &["audit", "verify", "--db", path_str(&db)]);
     assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
 }
+
+#[tokio::test]
+async fn many_events_from_one_file_run_together_and_an_invalid_one_stops_them_all() {
+    let server = Scim2Server::start().await;
+    let jordan = server.create_user("jlee", "jordan.lee@example.com").await;
+    let morgan = server.create_user("mkim", "morgan.kim@example.com").await;
+    let avery = server
+        .create_user("apatel", "avery.patel@example.com")
+        .await;
+    let stays = server.create_user("sam", "sam.rivera@example.com").await;
+    let space = Workspace::new();
+    let policy = space.write("policy.toml", &example_policy(&server.base_url));
+    let layoff = std::fs::read_to_string(examples().join("events").join("layoff.jsonl")).unwrap();
+    let db = space.db();
+    let run_many = |events: &Path, json: bool| {
+        let mut args = vec![
+            "run",
+            "--policy",
+            path_str(&policy),
+            "--events",
+            path_str(events),
+            "--db",
+            path_str(&db),
+        ];
+        if json {
+            args.push("--json");
+        }
+        space.deprov(&server.token, &args)
+    };
+
+    // One bad line among good ones: every problem named by its line, nothing executed.
+    let mut broken: Vec<&str> = layoff.lines().collect();
+    broken.insert(1, r#"{"event_id": "x", "kind": "termination"}"#);
+    let broken = space.write("broken.jsonl", &broken.join("\n"));
+    let refused = run_many(&broken, false);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(text(&refused).contains("line 2"), "{}", text(&refused));
+    assert!(text(&refused).contains("Nothing was executed."));
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM runs"), 0);
+    for user in [&jordan, &morgan, &avery] {
+        assert_eq!(server.get_user(user).await.unwrap()["active"], json!(true));
+    }
+
+    // The three people of the layoff, the first given twice: three runs, four answers.
+    let mut lines: Vec<&str> = layoff.lines().collect();
+    lines.push(lines[0]);
+    let events = space.write("layoff.jsonl", &lines.join("\n"));
+    let done = run_many(&events, true);
+    assert_eq!(done.status.code(), Some(0), "{}", text(&done));
+    let runs: serde_json::Value =
+        serde_json::from_slice(&done.stdout).unwrap_or_else(|err| panic!("{err}: {}", text(&done)));
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 4);
+    let people: Vec<&str> = runs
+        .iter()
+        .map(|r| r["person_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(people, ["E2001", "E2002", "E2004", "E2001"]);
+    assert_eq!(runs[3]["duplicate"], json!(true));
+    assert_eq!(runs[3]["run_id"], runs[0]["run_id"]);
+    for run in &runs[..3] {
+        assert_eq!(run["status"], json!("waiting"), "{run}");
+        assert!(run["verified"].as_u64().unwrap() >= 1, "{run}");
+        assert_eq!(run["escalated"], json!(0), "{run}");
+    }
+    for user in [&jordan, &morgan, &avery] {
+        assert_eq!(server.get_user(user).await.unwrap()["active"], json!(false));
+    }
+    assert_eq!(
+        server.get_user(&stays).await.unwrap()["active"],
+        json!(true)
+    );
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM runs"), 3);
+    // Three runs, and the record the refused line left.
+    let verify = space.deprov(&server.token, &["audit", "verify", "--db", path_str(&db)]);
+    assert!(
+        text(&verify).contains("Audit trail intact: 4 runs"),
+        "{}",
+        text(&verify)
+    );
+}
