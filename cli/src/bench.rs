@@ -17,9 +17,9 @@ use chrono::Utc;
 use clap::{Args, Subcommand};
 use deprov_connectors::memory::{MemoryConnector, MemoryDirectory};
 use deprov_core::event::{EventKind, Person, TerminationType};
-use deprov_core::ports::{SecretSource, SystemClock};
+use deprov_core::ports::SecretSource;
 use deprov_core::{Connector, LifecycleEvent, Policy, TaskStatus};
-use deprov_local::{Engine, EngineOptions, LocalSecrets, SqliteStore};
+use deprov_local::{Engine, LocalSecrets, SqliteStore};
 
 use crate::audit::verify_runs;
 use crate::failure::{Failure, OK};
@@ -188,15 +188,7 @@ max_tasks_per_run = 100
     let store = Arc::new(SqliteStore::open(&dir.join("bench.db"))?);
     let mut connectors: BTreeMap<String, Arc<dyn Connector>> = BTreeMap::new();
     connectors.insert("app".into(), Arc::new(MemoryConnector::new(directory)));
-    let engine = Arc::new(Engine::start(
-        policy,
-        connectors,
-        store.clone(),
-        store.clone(),
-        Arc::new(SystemClock),
-        EngineOptions::default(),
-        None,
-    ));
+    let engine = Arc::new(crate::run::quiet_engine(policy, connectors, &store));
     println!(
         "orchestrator: {} people × 10 tasks, in-memory connector (zero latency), {} workers, SQLite audit at {}",
         args.people,
@@ -311,15 +303,7 @@ stages = ["disable"]
         let connectors = setup::connectors(&policy, secrets)?;
         let dir = tempfile_dir()?;
         let store = Arc::new(SqliteStore::open(&dir.join("bench.db"))?);
-        let engine = Arc::new(Engine::start(
-            policy,
-            connectors,
-            store.clone(),
-            store,
-            Arc::new(SystemClock),
-            EngineOptions::default(),
-            None,
-        ));
+        let engine = Arc::new(crate::run::quiet_engine(policy, connectors, &store));
         let started = Instant::now();
         let (verified, other) = submit_all(&engine, &events).await?;
         let elapsed = started.elapsed().max(Duration::from_micros(1));
@@ -415,15 +399,7 @@ async fn directory_bench(
         .collect();
     let dir = tempfile_dir()?;
     let store = Arc::new(SqliteStore::open(&dir.join("bench.db"))?);
-    let engine = Arc::new(Engine::start(
-        policy,
-        connectors,
-        store.clone(),
-        store.clone(),
-        Arc::new(SystemClock),
-        EngineOptions::default(),
-        None,
-    ));
+    let engine = Arc::new(crate::run::quiet_engine(policy, connectors, &store));
     let started = Instant::now();
     let (verified, other) = submit_all(&engine, &events).await?;
     let elapsed = started.elapsed().max(Duration::from_micros(1));

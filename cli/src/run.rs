@@ -92,6 +92,23 @@ pub async fn stop_engine(engine: Engine, printer: tokio::task::JoinHandle<()>) {
     let _ = printer.await;
 }
 
+/// An engine over `store` on the system clock, telling no one its progress.
+pub fn quiet_engine(
+    policy: Policy,
+    connectors: BTreeMap<String, Arc<dyn deprov_core::Connector>>,
+    store: &Arc<SqliteStore>,
+) -> Engine {
+    Engine::start(
+        policy,
+        connectors,
+        store.clone(),
+        store.clone(),
+        Arc::new(SystemClock),
+        EngineOptions::default(),
+        None,
+    )
+}
+
 /// An engine over `store`, printing progress unless `quiet` (JSON output).
 pub fn engine_for(
     policy: Policy,
@@ -101,16 +118,7 @@ pub fn engine_for(
 ) -> (Engine, Option<tokio::task::JoinHandle<()>>) {
     if quiet {
         // JSON output: no progress lines on stdout.
-        let engine = Engine::start(
-            policy,
-            connectors,
-            store.clone(),
-            store.clone(),
-            Arc::new(SystemClock),
-            EngineOptions::default(),
-            None,
-        );
-        return (engine, None);
+        return (quiet_engine(policy, connectors, store), None);
     }
     let (engine, printer) = start_engine(policy, connectors, store.clone(), Arc::new(SystemClock));
     (engine, Some(printer))

@@ -26,7 +26,7 @@ use deprov_core::flow::RunInput;
 use deprov_core::intake::{self, Delivery, Deps, Reply, Settings};
 use deprov_core::launch::{LaunchError, RunStart, RunStarter};
 use deprov_core::ports::{Clock, RunStore, Secret, SecretError, SecretSource, SystemClock};
-use deprov_local::{Engine, EngineOptions, SqliteSchedules, SqliteStore};
+use deprov_local::{Engine, SqliteSchedules, SqliteStore};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -302,15 +302,7 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
         .map_err(|err| Failure::invalid(err.to_string()))?;
     let secrets = setup::secrets(args.secrets.as_deref())?;
     let connectors = setup::connectors(&policy, Arc::clone(&secrets))?;
-    let engine = Arc::new(Engine::start(
-        policy,
-        connectors,
-        store.clone(),
-        store.clone(),
-        Arc::new(SystemClock),
-        EngineOptions::default(),
-        None,
-    ));
+    let engine = Arc::new(crate::run::quiet_engine(policy, connectors, &store));
     let runs = LocalRuns {
         engine: Arc::clone(&engine),
         running: Arc::default(),
