@@ -70,7 +70,7 @@ const CONNECTION_KEYS: &[&str] = &[
     "timeout_secs",
 ];
 /// Tasks (or people) read or changed in one round trip.
-const MAX_BATCH: usize = 100;
+const MAX_BATCH: usize = 250;
 /// How long `apply` waits for terminated backends to leave `pg_stat_activity`.
 const TERMINATION_WAIT: Duration = Duration::from_secs(10);
 const ENTITLEMENT_KIND: &str = "role";
