@@ -14,7 +14,7 @@
 //! Each change reads first (an OpenLDAP disable instead asserts, in the modify itself, that
 //! the account is not locked yet): a state already reached, or an entry already gone, is
 //! `AlreadyDone`. `verify` reads the entry (or group) back. A batch's operations are
-//! pipelined on the one connection.
+//! pipelined over the connections (one per worker).
 //!
 //! Policy settings (`[systems.<name>]`, `kind = "ldap"`): `secret` with fields `bind_dn`
 //! and `password`, and `connection` keys `url` (`ldap://` or `ldaps://`, required),
@@ -56,7 +56,7 @@ const MAX_PAGE_SIZE: u64 = 10_000;
 const DEFAULT_TIMEOUT_SECS: u64 = 30;
 const MAX_TIMEOUT_SECS: u64 = 600;
 /// How many tasks or people a batch takes. LDAP changes one entry per operation, so a
-/// batch's operations are pipelined on the one connection instead: enough to keep the
+/// batch's operations are pipelined over the connections instead: enough to keep the
 /// directory's worker threads busy (OpenLDAP runs 16 by default) without queueing so many
 /// that the last ones reach the operation timeout.
 const MAX_BATCH: usize = 64;
@@ -1110,7 +1110,7 @@ const SUPPORTS: &[StageKind] = &[
     StageKind::Restore,
 ];
 
-/// Runs the calls with up to `MAX_BATCH` of them in flight at once on the connection; the
+/// Runs the calls with up to `MAX_BATCH` of them in flight at once; the
 /// results in the calls' order.
 async fn pipelined<F: Future>(calls: Vec<F>) -> Vec<F::Output> {
     // The calls come built, not as a closure over the items: a closure in the stream makes

@@ -11,6 +11,11 @@
 //! - delete: in each configured database `REASSIGN OWNED BY <role> TO <reassign_owned_to>;
 //!   DROP OWNED BY <role>`, then `DROP ROLE <role>`.
 //!
+//! Batches (`max_batch`, 250): a batch's roles are read with one query, its disables are
+//! one `ALTER ROLE … NOLOGIN` script (one transaction; when a role vanished meanwhile, one
+//! statement at a time) and one termination query, and its read-back is one query; every
+//! task is still judged on its own.
+//!
 //! Every change first reads the role: a missing role, or a state already reached, is
 //! `AlreadyDone`. Names are only ever sent as bound parameters or as double-quoted
 //! identifiers with `"` doubled; a name PostgreSQL cannot hold (empty, NUL, over 63 bytes,

@@ -186,7 +186,8 @@ impl Engine {
             .max()
             .unwrap_or(0)
             .clamp(MIN_DISCOVERIES_AT_ONCE, MAX_DISCOVERIES_AT_ONCE);
-        // Runs starting together look for their people in batches where a connector can.
+        // A system's discoveries are bounded by its concurrency, like its workers, and
+        // gathered into batches where its connector can take them.
         let connectors: BTreeMap<String, Arc<dyn Connector>> = connectors
             .into_iter()
             .map(|(system, connector)| {
