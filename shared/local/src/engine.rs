@@ -408,13 +408,15 @@ impl Engine {
     /// became due.
     pub async fn resume_due(&self) -> Result<Vec<RunReport>, EngineError> {
         let due = self.inner.store.due_runs(self.inner.clock.now()).await?;
-        let mut runs = Vec::with_capacity(due.len());
-        for run_id in due {
-            if let Some(run) = self.inner.store.get_run(&run_id).await? {
-                runs.push(run);
-            }
-        }
-        self.inner.drive_many(runs).await
+        // In cohorts, as `submit_many`: a backlog of due stages is not loaded all at once.
+        let cohorts: Vec<Vec<RunReport>> = futures_util::stream::iter(
+            due.chunks(RUNS_PER_COHORT)
+                .map(|run_ids| self.inner.resume(run_ids)),
+        )
+        .buffered(COHORTS_AT_ONCE)
+        .try_collect()
+        .await?;
+        Ok(cohorts.into_iter().flatten().collect())
     }
 }
 
@@ -594,6 +596,17 @@ impl Inner {
             .buffered(self.discoveries_at_once)
             .try_collect()
             .await
+    }
+
+    /// Drives the stored runs of `run_ids` together (ids no longer stored are skipped).
+    async fn resume(&self, run_ids: &[String]) -> Result<Vec<RunReport>, EngineError> {
+        let mut runs = Vec::with_capacity(run_ids.len());
+        for run_id in run_ids {
+            if let Some(run) = self.store.get_run(run_id).await? {
+                runs.push(run);
+            }
+        }
+        self.drive_many(runs).await
     }
 
     async fn drive(&self, run_id: &str) -> Result<RunReport, EngineError> {
