@@ -107,7 +107,11 @@ pub async fn attempt_batch(
             }
         }
     }
-    let applied = connector.apply_batch(&pick(tasks, &to_apply)).await;
+    let applied = if to_apply.is_empty() {
+        Vec::new()
+    } else {
+        connector.apply_batch(&pick(tasks, &to_apply)).await
+    };
     let mut to_verify = Vec::new();
     let mut changes = Vec::new();
     for ((index, attempts), change) in to_apply.into_iter().zip(answered(applied, "apply")) {
