@@ -504,8 +504,11 @@ impl Inner {
             self.audit.append_batch(refusals).await?;
         }
         let now = self.clock.now();
+        // (index of the event, whether it resumes the run an earlier delivery started)
+        let mut order: Vec<(usize, bool)> =
+            planned.iter().map(|(index, _)| (*index, false)).collect();
         let records: Vec<RunRecord> = planned
-            .iter()
+            .into_iter()
             .map(|(index, plan)| {
                 // A run held for approval waits until its deadline, then escalates.
                 let approval_deadline = (!plan.approval.is_empty()).then(|| {
@@ -513,14 +516,14 @@ impl Inner {
                         .unwrap_or(chrono::Duration::MAX)
                 });
                 RunRecord {
-                    run_id: run_ids[*index].clone(),
-                    person_id: events[*index].person.id.clone(),
+                    run_id: run_ids[index].clone(),
+                    person_id: events[index].person.id.clone(),
                     status: if approval_deadline.is_some() {
                         RunStatus::AwaitingApproval
                     } else {
                         RunStatus::Running
                     },
-                    plan: plan.clone(),
+                    plan,
                     next_stage: 0,
                     wake_at: approval_deadline,
                     created_at: now,
@@ -542,9 +545,6 @@ impl Inner {
         for run in &records {
             self.emit(|| Progress::Planned(Box::new(run.plan.clone())));
         }
-        // (index of the event, whether it resumes the run an earlier delivery started)
-        let mut order: Vec<(usize, bool)> =
-            planned.iter().map(|(index, _)| (*index, false)).collect();
         let mut runs = records;
         for (index, run) in resumed {
             order.push((index, true));
@@ -638,7 +638,9 @@ impl Inner {
             .collect();
         while !moving.is_empty() {
             let now = self.clock.now();
+            // The runs with a stage due now, and those stages.
             let mut due = Vec::new();
+            let mut stages = Vec::new();
             let mut finishing = Vec::new();
             let mut restarted = Vec::new();
             for &index in &moving {
@@ -661,13 +663,15 @@ impl Inner {
                     run_id: run.run_id.clone(),
                     stage: stage.clone(),
                 });
-                due.push((index, stage));
+                due.push(index);
+                stages.push(stage);
             }
             let judged = self
                 .finish(
                     runs.iter_mut()
                         .enumerate()
-                        .filter(|(index, _)| finishing.contains(index))
+                        // `finishing` is ascending, as `moving` always is.
+                        .filter(|(index, _)| finishing.binary_search(index).is_ok())
                         .map(|(_, run)| run)
                         .collect(),
                 )
@@ -681,10 +685,10 @@ impl Inner {
             if !restarted.is_empty() {
                 self.store.put_runs(&restarted).await?;
             }
-            let stages: Vec<Stage> = due.iter().map(|(_, stage)| stage.clone()).collect();
             let outcomes = self.run_stages(&stages).await?;
             let records: Vec<StageRecord> = due
                 .iter()
+                .zip(&stages)
                 .zip(&outcomes)
                 .map(|((index, stage), outcomes)| {
                     StageRecord::tally(
@@ -698,7 +702,7 @@ impl Inner {
                 .append_batch(
                     due.iter()
                         .zip(&records)
-                        .map(|((index, _), record)| {
+                        .map(|(index, record)| {
                             journal::stage_completed(record, &runs[*index].person_id)
                         })
                         .collect(),
@@ -710,12 +714,12 @@ impl Inner {
             // A rehire or cancel may have stopped runs while their stages ran.
             let ids: Vec<String> = due
                 .iter()
-                .map(|(index, _)| runs[*index].run_id.clone())
+                .map(|index| runs[*index].run_id.clone())
                 .collect();
             let statuses = self.store.run_statuses(&ids).await?;
             let mut advanced = Vec::new();
             moving = Vec::new();
-            for ((index, _), status) in due.into_iter().zip(statuses) {
+            for (index, status) in due.into_iter().zip(statuses) {
                 let run = &mut runs[index];
                 if status == Some(RunStatus::Cancelled) {
                     run.status = RunStatus::Cancelled;
