@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use deprov_core::connector::batch_answers;
 use deprov_core::plan::{StageKind, Task};
 use deprov_core::{Account, Applied, Connector, ConnectorError, Evidence, PersonQuery};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -47,13 +48,8 @@ pub fn coalesce_discovery(connector: Arc<dyn Connector>, concurrency: usize) -> 
             tokio::spawn(async move {
                 let people: Vec<PersonQuery> =
                     batch.iter().map(|search| search.person.clone()).collect();
-                let mut found = inner.discover_batch(&people).await.into_iter();
-                for search in batch {
-                    let answer = found.next().unwrap_or_else(|| {
-                        Err(ConnectorError::Permanent(
-                            "the connector's discover_batch answered fewer results than it was given people".into(),
-                        ))
-                    });
+                let found = batch_answers(inner.discover_batch(&people).await, "discover");
+                for (search, answer) in batch.into_iter().zip(found) {
                     let _ = search.reply.send(answer);
                 }
                 drop(slot);

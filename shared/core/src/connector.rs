@@ -121,6 +121,26 @@ impl ConnectorError {
     }
 }
 
+/// A batch call's results (`call`: "apply", "verify", "discover"), endlessly padded with an
+/// error should the connector have answered fewer than it was asked: a connector bug, never
+/// silently a success.
+pub fn batch_answers<T>(
+    results: Vec<Result<T, ConnectorError>>,
+    call: &'static str,
+) -> impl Iterator<Item = Result<T, ConnectorError>> {
+    results
+        .into_iter()
+        .map(Some)
+        .chain(std::iter::repeat_with(|| None))
+        .map(move |result| {
+            result.unwrap_or_else(|| {
+                Err(ConnectorError::Permanent(format!(
+                    "the connector's {call}_batch answered fewer results than it was asked for"
+                )))
+            })
+        })
+}
+
 /// One target system. Every method is safe to call again: `apply` treats "already revoked"
 /// as success, `discover` and `verify` only read.
 /// Builds the connector of one policy system (name, settings); secrets are resolved at

@@ -8,7 +8,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use crate::audit::{AuditEntry, AuditKind};
-use crate::connector::{Connector, ConnectorError};
+use crate::connector::{batch_answers, Connector, ConnectorError};
 use crate::error::ErrorKind;
 use crate::plan::Task;
 use crate::ports::{AuditLog, RunStore, StoreError, TaskStart};
@@ -96,7 +96,9 @@ pub async fn attempt_batch(
     // target already shows the wanted state, that is the proof.
     if !interrupted.is_empty() {
         let read = connector.verify_batch(&pick(tasks, &interrupted)).await;
-        for ((index, attempts), evidence) in interrupted.into_iter().zip(answered(read, "verify")) {
+        for ((index, attempts), evidence) in
+            interrupted.into_iter().zip(batch_answers(read, "verify"))
+        {
             match evidence {
                 Ok(evidence) if evidence.verified => {
                     let mut outcome = finished(&tasks[index], TaskStatus::Verified, attempts);
@@ -114,7 +116,7 @@ pub async fn attempt_batch(
     };
     let mut to_verify = Vec::new();
     let mut changes = Vec::new();
-    for ((index, attempts), change) in to_apply.into_iter().zip(answered(applied, "apply")) {
+    for ((index, attempts), change) in to_apply.into_iter().zip(batch_answers(applied, "apply")) {
         match change {
             Ok(change) => {
                 to_verify.push((index, attempts));
@@ -133,7 +135,7 @@ pub async fn attempt_batch(
     for (((index, attempts), change), evidence) in to_verify
         .into_iter()
         .zip(changes)
-        .zip(answered(read, "verify"))
+        .zip(batch_answers(read, "verify"))
     {
         let task = &tasks[index];
         let evidence = match evidence {
@@ -175,25 +177,6 @@ fn pick(tasks: &[Task], picked: &[(usize, u32)]) -> Vec<Task> {
         .iter()
         .map(|(index, _)| tasks[*index].clone())
         .collect()
-}
-
-/// A batch call's results, endlessly padded with an error should the connector have
-/// answered fewer than it was asked (a connector bug, never silently a success).
-fn answered<T>(
-    results: Vec<Result<T, ConnectorError>>,
-    call: &'static str,
-) -> impl Iterator<Item = Result<T, ConnectorError>> {
-    results
-        .into_iter()
-        .map(Some)
-        .chain(std::iter::repeat_with(|| None))
-        .map(move |result| {
-            result.unwrap_or_else(|| {
-                Err(ConnectorError::Permanent(format!(
-                    "the connector's {call}_batch answered fewer results than it was given tasks"
-                )))
-            })
-        })
 }
 
 /// The outcome of a task that ran out of attempts.
