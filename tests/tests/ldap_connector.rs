@@ -412,6 +412,16 @@ async fn an_unreachable_directory_is_transient() {
 
 /// The slapd log lines of operations on `dn` (`MOD dn="…"`, `SRCH base="…"`) since the
 /// first `skip` lines.
+/// `apply_batch` of `tasks`, every task applied (`what` names the step when one fails).
+async fn applied_all(connector: &Arc<dyn Connector>, tasks: &[Task], what: &str) -> Vec<Applied> {
+    connector
+        .apply_batch(tasks)
+        .await
+        .into_iter()
+        .map(|result| result.unwrap_or_else(|err| panic!("{what}: {err}")))
+        .collect()
+}
+
 fn operations_on(slapd: &Slapd, dn: &str, skip: usize) -> Vec<String> {
     let modify = format!("MOD dn=\"{dn}\"");
     let search = format!("SRCH base=\"{dn}\"");
@@ -453,12 +463,7 @@ async fn a_batch_of_disables_is_answered_in_order_and_verified() {
         .collect();
 
     let before = log_lines(&slapd);
-    let applied: Vec<Applied> = connector
-        .apply_batch(&tasks)
-        .await
-        .into_iter()
-        .map(|result| result.unwrap_or_else(|err| panic!("apply: {err}")))
-        .collect();
+    let applied = applied_all(&connector, &tasks, "apply").await;
     assert_eq!(
         applied,
         vec![Applied::Changed, Applied::AlreadyDone, Applied::AlreadyDone]
@@ -501,12 +506,7 @@ async fn a_batch_of_disables_is_answered_in_order_and_verified() {
     );
 
     // Again: every one is done already.
-    let again: Vec<Applied> = connector
-        .apply_batch(&tasks)
-        .await
-        .into_iter()
-        .map(|result| result.unwrap_or_else(|err| panic!("apply again: {err}")))
-        .collect();
+    let again = applied_all(&connector, &tasks, "apply again").await;
     assert_eq!(again, vec![Applied::AlreadyDone; 3]);
 }
 
@@ -536,12 +536,7 @@ async fn a_lock_the_assertion_and_is_disabled_read_differently_is_decided_by_the
         tasks.push(task(Action::Disable, &account, None));
     }
     let before = log_lines(&slapd);
-    let applied: Vec<Applied> = connector
-        .apply_batch(&tasks)
-        .await
-        .into_iter()
-        .map(|result| result.unwrap_or_else(|err| panic!("apply: {err}")))
-        .collect();
+    let applied = applied_all(&connector, &tasks, "apply").await;
     assert_eq!(applied, vec![Applied::Changed; 2]);
     let count = |dn: &str| operations_on(&slapd, dn, before).len();
     assert_eq!(count(&ned), 3, "asserting modify, read, modify");
