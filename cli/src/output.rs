@@ -72,8 +72,12 @@ pub fn print_plan(plan: &Plan) {
             ]);
         }
     }
-    if plan.task_count() == 0 {
+    if plan.task_count() == 0 && plan.unreachable.is_empty() {
         println!("  no tasks: no account of this person was found on the systems in scope");
+    } else if plan.task_count() == 0 {
+        println!(
+            "  no tasks on the systems that answered; the systems below could not be searched"
+        );
     } else {
         println!("{rows}");
     }

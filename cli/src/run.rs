@@ -10,7 +10,7 @@ use deprov_core::Policy;
 use deprov_local::{Engine, EngineOptions, SqliteStore};
 use tokio::sync::mpsc;
 
-use crate::failure::{Failure, OK};
+use crate::failure::{Failure, ESCALATED, OK};
 use crate::output;
 use crate::setup;
 
@@ -340,7 +340,12 @@ pub async fn plan(args: PlanArgs) -> Result<u8, Failure> {
     } else {
         output::print_plan(&plan);
     }
-    Ok(OK)
+    // A system that could not be searched may still hold the person's access.
+    Ok(if plan.unreachable.is_empty() {
+        OK
+    } else {
+        ESCALATED
+    })
 }
 
 pub async fn resume(args: ResumeArgs) -> Result<u8, Failure> {

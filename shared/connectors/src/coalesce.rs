@@ -89,7 +89,8 @@ impl Connector for Coalesced {
         }
         answer.await.unwrap_or_else(|_| {
             Err(ConnectorError::Transient(
-                "the discovery batch was dropped before it answered".into(),
+                "the discovery batch stopped before it answered (the connector failed or panicked)"
+                    .into(),
             ))
         })
     }

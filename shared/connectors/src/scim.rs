@@ -7,8 +7,8 @@
 //!
 //! Every change first reads the resource: a state already reached is `AlreadyDone`, and its
 //! version (`ETag` header or `meta.version`) goes into `If-Match`, so a concurrent edit
-//! makes the change fail with 412 (transient: the next attempt reads again) instead of
-//! overwriting it. A server that does not implement PATCH (it is optional in RFC 7644)
+//! makes the change fail with 412 instead of overwriting it; the resource is then read again
+//! and the change retried at once (contention is not a failed attempt). A server that does not implement PATCH (it is optional in RFC 7644)
 //! answering 405 or 501 gets a `PUT` of the resource read, changed.
 //!
 //! Policy settings (`[systems.<name>]`, `kind = "scim"`):
@@ -262,6 +262,29 @@ fn observed(request: &str, reply: &Reply) -> Map<String, Value> {
     map
 }
 
+/// How many times in a row a read-modify-write is tried again at once because the resource
+/// changed between the read and the write (HTTP 412 on `If-Match`).
+const MAX_CONTENDED_WRITES: usize = 16;
+
+/// Runs a read-modify-write until it is not overtaken by a concurrent edit: a 412 means
+/// someone else changed the resource (another worker removing another member of a shared
+/// group, most often), so it is read again and retried at once, not counted as a failed
+/// attempt. Contention that never lets up is transient.
+async fn contended<F, Fut>(resource: &str, mut write: F) -> Result<Applied, ConnectorError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Applied>, ConnectorError>>,
+{
+    for _ in 0..MAX_CONTENDED_WRITES {
+        if let Some(applied) = write().await? {
+            return Ok(applied);
+        }
+    }
+    Err(ConnectorError::Transient(format!(
+        "SCIM {resource} changed between each read and write {MAX_CONTENDED_WRITES} times in a row (HTTP 412); the next attempt reads it again"
+    )))
+}
+
 /// The bodies a PUT fallback sends: the resource as read, changed, without what the
 /// server owns.
 fn put_body(mut resource: Value, change: impl FnOnce(&mut Map<String, Value>)) -> Value {
@@ -466,6 +489,18 @@ impl ScimConnector {
     /// Sets the user's `active` (disable, or enable when restoring). A user that is gone is
     /// disabled already, and cannot be enabled.
     async fn set_active(&self, user_id: &str, active: bool) -> Result<Applied, ConnectorError> {
+        contended(&format!("user {user_id}"), || {
+            self.set_active_once(user_id, active)
+        })
+        .await
+    }
+
+    /// One read-modify-write of `active`; `None` when the user changed since it was read.
+    async fn set_active_once(
+        &self,
+        user_id: &str,
+        active: bool,
+    ) -> Result<Option<Applied>, ConnectorError> {
         let path = ["Users", user_id];
         let gone = || {
             ConnectorError::NotFound(format!(
@@ -477,11 +512,11 @@ impl ScimConnector {
             return if active {
                 Err(gone())
             } else {
-                Ok(Applied::AlreadyDone)
+                Ok(Some(Applied::AlreadyDone))
             };
         }
         if is_active(&user.body) == active {
-            return Ok(Applied::AlreadyDone);
+            return Ok(Some(Applied::AlreadyDone));
         }
         let patch = json!({
             "schemas": [PATCH_OP],
@@ -495,19 +530,20 @@ impl ScimConnector {
                 &[],
                 Some(&patch),
                 user.version.as_deref(),
-                &[404, 405, 501],
+                &[404, 405, 412, 501],
             )
             .await?;
         match reply.status {
             404 if active => Err(gone()),
-            404 => Ok(Applied::AlreadyDone),
+            404 => Ok(Some(Applied::AlreadyDone)),
+            412 => Ok(None),
             405 | 501 => {
                 let body = put_body(user.body, |object| {
                     object.insert("active".into(), json!(active));
                 });
                 self.put(&path, &body, user.version.as_deref()).await
             }
-            _ => Ok(Applied::Changed),
+            _ => Ok(Some(Applied::Changed)),
         }
     }
 
@@ -519,6 +555,20 @@ impl ScimConnector {
         user_id: &str,
         member: bool,
     ) -> Result<Applied, ConnectorError> {
+        contended(&format!("group {group_id}"), || {
+            self.set_member_once(group_id, user_id, member)
+        })
+        .await
+    }
+
+    /// One read-modify-write of the group's members; `None` when the group changed since it
+    /// was read.
+    async fn set_member_once(
+        &self,
+        group_id: &str,
+        user_id: &str,
+        member: bool,
+    ) -> Result<Option<Applied>, ConnectorError> {
         let path = ["Groups", group_id];
         let gone = || {
             ConnectorError::NotFound(format!(
@@ -530,11 +580,11 @@ impl ScimConnector {
             return if member {
                 Err(gone())
             } else {
-                Ok(Applied::AlreadyDone)
+                Ok(Some(Applied::AlreadyDone))
             };
         }
         if is_member(&group.body, user_id) == member {
-            return Ok(Applied::AlreadyDone);
+            return Ok(Some(Applied::AlreadyDone));
         }
         let operation = if member {
             json!({"op": "add", "path": "members", "value": [{"value": user_id}]})
@@ -550,12 +600,13 @@ impl ScimConnector {
                 &[],
                 Some(&patch),
                 group.version.as_deref(),
-                &[404, 405, 501],
+                &[404, 405, 412, 501],
             )
             .await?;
         match reply.status {
             404 if member => Err(gone()),
-            404 => Ok(Applied::AlreadyDone),
+            404 => Ok(Some(Applied::AlreadyDone)),
+            412 => Ok(None),
             405 | 501 => {
                 let body = put_body(group.body, |object| {
                     let members = object.entry("members").or_insert_with(|| json!([]));
@@ -568,24 +619,25 @@ impl ScimConnector {
                 });
                 self.put(&path, &body, group.version.as_deref()).await
             }
-            _ => Ok(Applied::Changed),
+            _ => Ok(Some(Applied::Changed)),
         }
     }
 
+    /// A whole resource written back; `None` when it changed since it was read.
     async fn put(
         &self,
         path: &[&str],
         body: &Value,
         version: Option<&str>,
-    ) -> Result<Applied, ConnectorError> {
+    ) -> Result<Option<Applied>, ConnectorError> {
         let reply = self
             .http
-            .send(Method::PUT, path, &[], Some(body), version, &[404])
+            .send(Method::PUT, path, &[], Some(body), version, &[404, 412])
             .await?;
-        Ok(if reply.status == 404 {
-            Applied::AlreadyDone
-        } else {
-            Applied::Changed
+        Ok(match reply.status {
+            404 => Some(Applied::AlreadyDone),
+            412 => None,
+            _ => Some(Applied::Changed),
         })
     }
 

@@ -157,24 +157,34 @@ async fn timeouts_and_refused_connections_are_transient() {
 }
 
 #[tokio::test]
-async fn disable_sends_if_match_and_a_stale_version_is_transient() {
+async fn disable_sends_if_match_and_a_stale_version_is_read_again_at_once() {
     let (server, crm) = setup().await;
+    let user = |version: &str| {
+        ResponseTemplate::new(200)
+            .insert_header("ETag", version)
+            .set_body_json(json!({"id": "u1", "userName": "ada.l", "active": true}))
+    };
     Mock::given(method("GET"))
         .and(path("/scim/v2/Users/u1"))
         .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .insert_header("ETag", "W/\"7\"")
-                .set_body_json(json!({"id": "u1", "userName": "ada.l", "active": true})),
-        )
+        .respond_with(user("W/\"7\""))
+        .up_to_n_times(1)
+        .expect(1)
         .mount(&server)
         .await;
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/Users/u1"))
+        .respond_with(user("W/\"8\""))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let disable = json!({
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "replace", "path": "active", "value": false}]});
     Mock::given(method("PATCH"))
         .and(path("/scim/v2/Users/u1"))
         .and(header("if-match", "W/\"7\""))
-        .and(body_json(json!({
-            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-            "Operations": [{"op": "replace", "path": "active", "value": false}]})))
+        .and(body_json(disable.clone()))
         .respond_with(scim_error(
             412,
             None,
@@ -183,10 +193,45 @@ async fn disable_sends_if_match_and_a_stale_version_is_transient() {
         .expect(1)
         .mount(&server)
         .await;
-    let err = crm
+    Mock::given(method("PATCH"))
+        .and(path("/scim/v2/Users/u1"))
+        .and(header("if-match", "W/\"8\""))
+        .and(body_json(disable))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "u1"})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let applied = crm
         .apply(&task(Action::Disable, None))
         .await
-        .expect_err("412");
+        .expect("the second write, with the version read again, goes through");
+    assert_eq!(applied, Applied::Changed);
+}
+
+#[tokio::test]
+async fn contention_that_never_lets_up_is_transient() {
+    let (server, crm) = setup().await;
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/Groups/g1"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("ETag", "W/\"1\"")
+                .set_body_json(
+                    json!({"id": "g1", "displayName": "eng", "members": [{"value": "u1"}]}),
+                ),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("PATCH"))
+        .and(path("/scim/v2/Groups/g1"))
+        .respond_with(scim_error(412, None, "Resource has changed on the server"))
+        .expect(16)
+        .mount(&server)
+        .await;
+    let err = crm
+        .apply(&task(Action::RemoveEntitlement, Some("g1")))
+        .await
+        .expect_err("never written");
     assert!(matches!(err, ConnectorError::Transient(_)), "{err:?}");
     assert!(err.to_string().contains("HTTP 412"), "{err}");
 }
