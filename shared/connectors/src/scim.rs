@@ -8,8 +8,9 @@
 //! Every change first reads the resource: a state already reached is `AlreadyDone`, and its
 //! version (`ETag` header or `meta.version`) goes into `If-Match`, so a concurrent edit
 //! makes the change fail with 412 instead of overwriting it; the resource is then read again
-//! and the change retried at once (contention is not a failed attempt). A server that does not implement PATCH (it is optional in RFC 7644)
-//! answering 405 or 501 gets a `PUT` of the resource read, changed.
+//! and the change retried at once (contention is not a failed attempt). A server that does
+//! not implement PATCH (it is optional in RFC 7644) answering 405 or 501 gets a `PUT` of the
+//! resource read, changed.
 //!
 //! Policy settings (`[systems.<name>]`, `kind = "scim"`):
 //! `secret` (the bearer token is its field `token_field`), and `connection` keys

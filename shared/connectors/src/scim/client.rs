@@ -127,7 +127,9 @@ impl Http {
         }
         tracing::debug!(system = %self.system, %request, if_match = if_match.is_some(), "scim request");
         let ok = |status: u16| (200..300).contains(&status) || pass.contains(&status);
-        let raw = http::exchange(builder, &self.system, &request, ok)
+        // A 412 a caller passes is only a signal to read again: its body need not be JSON.
+        let wants_json = |status: u16| status != 412 && ok(status);
+        let raw = http::exchange(builder, &self.system, &request, wants_json)
             .await
             .map_err(|err| redact(err, &token))?;
         let status = raw.status;
