@@ -535,7 +535,13 @@ async fn many_events_from_one_file_run_together_and_an_invalid_one_stops_them_al
     let stays = server.create_user("sam", "sam.rivera@example.com").await;
     let space = Workspace::new();
     let policy = space.write("policy.toml", &example_policy(&server.base_url));
-    let layoff = std::fs::read_to_string(examples().join("events").join("layoff.jsonl")).unwrap();
+    // Effective now, so the delete stage (7 days later) is still waiting whatever today is.
+    let layoff = std::fs::read_to_string(examples().join("events").join("layoff.jsonl"))
+        .unwrap()
+        .replace(
+            "2026-11-25T17:00:00+01:00",
+            &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        );
     let db = space.db();
     let run_many = |events: &Path, json: bool| {
         let mut args = vec![
